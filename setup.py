@@ -1,0 +1,36 @@
+"""r1: DeepSeek-R1 / R1-Zero reasoning RL in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="r1",
+    version="0.1.0",
+    description="Reproduce DeepSeek-R1 and R1-Zero (GRPO with verifiable rewards) in JAX/Flax on TPU.",
+    packages=setuptools.find_packages(include=["r1", "r1.*"]),
+    package_data={"r1": ["data/datasets/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6.0",
+        "flax>=0.10.4",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "grain>=0.2.10",
+        "sentencepiece>=0.2.0",
+        # sympy's LaTeX parser is the antlr4 one; its generated parser needs exactly the 4.11 runtime.
+        "sympy>=1.13",
+        "antlr4-python3-runtime==4.11.*",
+        "absl-py>=2.1.0",
+        "ml-collections>=1.0.0",
+        "tensorboardX>=2.6.2",
+        "numpy>=1.26",
+        # Hugging Face checkpoints are safetensors; the numpy reader needs no torch.
+        "safetensors>=0.4.5",
+    ],
+    extras_require={
+        # Hugging Face tokenizer.json (DeepSeek-V3, Qwen) and Parquet prompt sources.
+        "hf": ["tokenizers>=0.20", "pyarrow>=15"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "tokenizers>=0.20", "pyarrow>=15"],
+        # Only to regenerate tests/fixtures and for side-by-side benchmarks; never imported by r1.
+        "fixtures": ["torch>=2.5", "transformers>=4.57", "accelerate>=1.0"],
+    },
+)
