@@ -23,8 +23,8 @@ setuptools.setup(
         "ml-collections>=1.0.0",
         "tensorboardX>=2.6.2",
         "numpy>=1.26",
-        # Hugging Face checkpoints are safetensors; the numpy reader needs no torch.
-        "safetensors>=0.4.5",
+        # bfloat16 / float8 numpy dtypes for reading and writing safetensors checkpoints.
+        "ml_dtypes>=0.5.0",
     ],
     extras_require={
         # Hugging Face tokenizer.json (DeepSeek-V3, Qwen) and Parquet prompt sources.

@@ -1,0 +1,452 @@
+"""Hugging Face DeepSeek-V2/V3 checkpoints in and out (config.json + safetensors).
+
+Loading walks r1's parameter tree and reads each tensor from its (memory-mapped) safetensors file,
+converts it (transposes, head reshapes, per-expert stacking, FP8 block dequantisation) and places
+it on devices straight away, with its target sharding when a mesh is given, so host memory holds
+one converted tensor at a time rather than a second copy of the model. Export writes the published
+layout (per-expert tensors, `rope_scaling` with `type`) that transformers loads.
+"""
+
+import json
+import logging
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from r1.checkpoints import safetensors_io
+from r1.model import abstract_variables
+from r1.model.config import ModelConfig, RopeScaling
+from r1.policy import Policy
+from r1.sharding import TRAIN_RULES, variable_shardings
+
+# config.json fields that carry no information r1 needs (checked so that nothing else slips by).
+_IGNORED_CONFIG_FIELDS = {
+    "architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version", "bos_token_id",
+    "eos_token_id", "pad_token_id", "initializer_range", "use_cache", "attention_dropout", "pretraining_tp",
+    "num_key_value_heads", "ep_size", "aux_loss_alpha", "seq_aux", "output_router_logits", "head_dim",
+    "qk_head_dim", "num_experts", "num_local_experts", "router_aux_loss_coef", "_name_or_path",
+    "tie_encoder_decoder", "return_dict", "output_hidden_states", "output_attentions", "use_return_dict",
+    "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type", "tokenizer_class",
+    "task_specific_params", "torchscript", "num_mtp_layers", "_attn_implementation_autoset", "layer_types",
+    "mlp_layer_types", "index_topk", "index_n_heads", "index_head_dim",
+}
+# Fields read into ModelConfig under the same name.
+_SAME_NAME_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+    "max_position_embeddings", "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "norm_topk_prob",
+    "routed_scaling_factor", "first_k_dense_replace", "num_nextn_predict_layers", "rms_norm_eps",
+    "tie_word_embeddings",
+)
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not match what r1 expects (names the key and the problem)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json <-> ModelConfig
+
+
+def config_from_hf(hf: dict, **overrides) -> ModelConfig:
+  """ModelConfig from a DeepSeek-V2/V3 config.json dict (either rope spelling).
+
+  Raises CheckpointError naming any field r1 does not support or does not know.
+  """
+  hf = dict(hf)
+  model_type = hf.get("model_type", "deepseek_v3")
+  if model_type not in ("deepseek_v2", "deepseek_v3"):
+    raise CheckpointError(f"config.json model_type={model_type!r}: expected deepseek_v2 or deepseek_v3")
+  v3 = model_type == "deepseek_v3"
+  out = {k: hf[k] for k in _SAME_NAME_FIELDS if k in hf}
+  if hf.get("hidden_act", "silu") != "silu":
+    raise CheckpointError(f"config.json hidden_act={hf['hidden_act']!r}: only silu is supported")
+  for flag in ("attention_bias", "mlp_bias"):
+    if hf.get(flag):
+      raise CheckpointError(f"config.json {flag}=true is not supported (DeepSeek checkpoints have no biases)")
+  if hf.get("moe_layer_freq", 1) != 1:
+    raise CheckpointError(f"config.json moe_layer_freq={hf['moe_layer_freq']}: only 1 is supported")
+
+  # RoPE: published checkpoints write rope_theta + rope_scaling{type}; recent transformers writes
+  # rope_parameters{rope_type, rope_theta, ...}.
+  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+  out["rope_theta"] = float(theta)
+  if rope_type == "yarn":
+    out["rope_scaling"] = RopeScaling(
+        factor=float(rope["factor"]),
+        original_max_position_embeddings=int(rope.get("original_max_position_embeddings", 4096)),
+        beta_fast=float(rope.get("beta_fast") or 32), beta_slow=float(rope.get("beta_slow") or 1),
+        mscale=float(rope.get("mscale") or 0.0), mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0))
+    unknown = set(rope) - {"type", "rope_type", "rope_theta", "factor", "original_max_position_embeddings",
+                           "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}
+    if unknown or not rope.get("truncate", True):
+      raise CheckpointError(f"config.json rope parameters {sorted(unknown) or ['truncate=false']} are not supported")
+  elif rope_type == "default":
+    out["rope_scaling"] = None
+  else:
+    raise CheckpointError(f"config.json rope type {rope_type!r} is not supported (expected default or yarn)")
+  # DeepSeek's checkpoints store rotary dims interleaved; transformers' V3 defaults to that too.
+  out["rope_interleave"] = bool(hf.get("rope_interleave", True))
+
+  if v3:
+    out["topk_method"] = hf.get("topk_method", "noaux_tc")
+    out["scoring_func"] = hf.get("scoring_func", "sigmoid")
+  else:
+    out["topk_method"] = hf.get("topk_method", "greedy")
+    out["scoring_func"] = hf.get("scoring_func", "softmax")
+    out.setdefault("norm_topk_prob", False)
+    out.setdefault("routed_scaling_factor", 1.0)
+    out.setdefault("first_k_dense_replace", 0)
+  out["n_group"] = hf.get("n_group") or 1
+  out["topk_group"] = hf.get("topk_group") or 1
+
+  known = set(_SAME_NAME_FIELDS) | _IGNORED_CONFIG_FIELDS | {
+      "hidden_act", "attention_bias", "mlp_bias", "moe_layer_freq", "rope_parameters", "rope_scaling",
+      "rope_theta", "rope_interleave", "topk_method", "scoring_func", "n_group", "topk_group",
+      "quantization_config"}
+  unknown = sorted(set(hf) - known)
+  if unknown:
+    raise CheckpointError(f"config.json fields {unknown} are not supported by r1's DeepSeek model")
+  out.update(overrides)
+  try:
+    return ModelConfig(**out)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"config.json: {e}") from e
+
+
+def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict:
+  """A DeepSeek-V3 (or V2, for softmax routing) config.json dict in the published spelling."""
+  c = config
+  v3 = c.scoring_func == "sigmoid"
+  hf = {k: getattr(c, k) for k in _SAME_NAME_FIELDS}
+  hf.update({
+      "architectures": ["DeepseekV3ForCausalLM" if v3 else "DeepseekV2ForCausalLM"],
+      "model_type": "deepseek_v3" if v3 else "deepseek_v2",
+      "num_key_value_heads": c.num_attention_heads,
+      "hidden_act": "silu",
+      "attention_bias": False,
+      "rope_theta": c.rope_theta,
+      "rope_interleave": c.rope_interleave,
+      "topk_method": c.topk_method,
+      "scoring_func": c.scoring_func,
+      "n_group": c.n_group,
+      "topk_group": c.topk_group,
+      "torch_dtype": dtype,
+  })
+  if not c.n_routed_experts:
+    raise CheckpointError("export needs a MoE config (n_routed_experts); dense DeepSeek models are not supported")
+  if c.rope_scaling is not None:
+    s = c.rope_scaling
+    hf["rope_scaling"] = {"type": "yarn", "factor": s.factor,
+                          "original_max_position_embeddings": s.original_max_position_embeddings,
+                          "beta_fast": s.beta_fast, "beta_slow": s.beta_slow, "mscale": s.mscale,
+                          "mscale_all_dim": s.mscale_all_dim}
+  return hf
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor name mapping. Each r1 leaf is produced from HF tensors by a `to_r1` and written back by
+# a `to_hf`, both over numpy arrays.
+
+
+def _linear(hf_key):
+  """nn.Linear weight [out, in] <-> kernel [in, out]."""
+  return [hf_key], lambda get: get(hf_key).T, lambda a: {hf_key: a.T}
+
+
+def _copy(hf_key):
+  return [hf_key], lambda get: get(hf_key), lambda a: {hf_key: a}
+
+
+def _heads_out(hf_key, heads):
+  """[H*k, in] <-> [in, H, k] (q and kv_b projections)."""
+  def to_r1(get):
+    w = get(hf_key).T
+    return w.reshape(w.shape[0], heads, -1)
+  return [hf_key], to_r1, lambda a: {hf_key: a.reshape(a.shape[0], -1).T}
+
+
+def _heads_in(hf_key, heads):
+  """o_proj [D, H*v] <-> [H, v, D]."""
+  def to_r1(get):
+    w = get(hf_key).T
+    return w.reshape(heads, -1, w.shape[-1])
+  return [hf_key], to_r1, lambda a: {hf_key: a.reshape(-1, a.shape[-1]).T}
+
+
+def _experts(prefix, proj, num_experts):
+  """Per-expert linears mlp.experts.{e}.{proj}.weight [out, in] <-> stacked [E, in, out]."""
+  keys = [f"{prefix}.experts.{e}.{proj}.weight" for e in range(num_experts)]
+
+  def to_r1(get):
+    first = get(keys[0])
+    out = np.empty((num_experts,) + first.T.shape, first.dtype)
+    for e, k in enumerate(keys):
+      out[e] = get(k).T  # filled in place: one stacked copy, never a list of E arrays
+    return out
+  return keys, to_r1, lambda a: {k: a[e].T for e, k in enumerate(keys)}
+
+
+def _block_mapping(c: ModelConfig, prefix: str, moe: bool) -> dict[tuple, tuple]:
+  """Mapping for one decoder block at HF `prefix` (e.g. model.layers.3), r1-relative paths."""
+  h = c.num_attention_heads
+  m = {
+      ("input_layernorm", "scale"): _copy(f"{prefix}.input_layernorm.weight"),
+      ("post_attention_layernorm", "scale"): _copy(f"{prefix}.post_attention_layernorm.weight"),
+      ("self_attn", "kv_a_proj_with_mqa"): _linear(f"{prefix}.self_attn.kv_a_proj_with_mqa.weight"),
+      ("self_attn", "kv_a_layernorm", "scale"): _copy(f"{prefix}.self_attn.kv_a_layernorm.weight"),
+      ("self_attn", "kv_b_proj"): _heads_out(f"{prefix}.self_attn.kv_b_proj.weight", h),
+      ("self_attn", "o_proj"): _heads_in(f"{prefix}.self_attn.o_proj.weight", h),
+  }
+  if c.q_lora_rank is None:
+    m[("self_attn", "q_proj")] = _heads_out(f"{prefix}.self_attn.q_proj.weight", h)
+  else:
+    m[("self_attn", "q_a_proj")] = _linear(f"{prefix}.self_attn.q_a_proj.weight")
+    m[("self_attn", "q_a_layernorm", "scale")] = _copy(f"{prefix}.self_attn.q_a_layernorm.weight")
+    m[("self_attn", "q_b_proj")] = _heads_out(f"{prefix}.self_attn.q_b_proj.weight", h)
+  mlp = f"{prefix}.mlp"
+  if moe:
+    m[("mlp", "gate")] = _linear(f"{mlp}.gate.weight")
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      m[("mlp", f"experts_{proj}")] = _experts(mlp, proj, c.n_routed_experts)
+      if c.n_shared_experts:
+        m[("mlp", "shared_experts", proj)] = _linear(f"{mlp}.shared_experts.{proj}.weight")
+  else:
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      m[("mlp", proj)] = _linear(f"{mlp}.{proj}.weight")
+  return m
+
+
+def tensor_mapping(config: ModelConfig) -> dict[tuple, tuple]:
+  """{(collection, *path): (hf_keys, to_r1, to_hf)} for every r1 variable of `config`."""
+  c = config
+  m = {("params", "embed_tokens"): _copy("model.embed_tokens.weight"),
+       ("params", "norm", "scale"): _copy("model.norm.weight")}
+  if not c.tie_word_embeddings:
+    m[("params", "lm_head")] = _linear("lm_head.weight")
+
+  def add_block(r1_prefix, hf_prefix, moe):
+    for path, spec in _block_mapping(c, hf_prefix, moe).items():
+      m[("params",) + r1_prefix + path] = spec
+    if moe and c.topk_method == "noaux_tc":
+      m[("moe_bias",) + r1_prefix + ("mlp", "e_score_correction_bias")] = _copy(
+          f"{hf_prefix}.mlp.gate.e_score_correction_bias")
+
+  for i in range(c.num_hidden_layers):
+    add_block((f"layers_{i}",), f"model.layers.{i}", c.is_moe_layer(i))
+  for k in range(c.num_nextn_predict_layers):
+    i = c.num_hidden_layers + k
+    hf_prefix = f"model.layers.{i}"
+    add_block((f"mtp_{k}", "block"), hf_prefix, c.is_moe_layer(i))
+    m[("params", f"mtp_{k}", "enorm", "scale")] = _copy(f"{hf_prefix}.enorm.weight")
+    m[("params", f"mtp_{k}", "hnorm", "scale")] = _copy(f"{hf_prefix}.hnorm.weight")
+    m[("params", f"mtp_{k}", "eh_proj")] = _linear(f"{hf_prefix}.eh_proj.weight")
+    m[("params", f"mtp_{k}", "final_norm", "scale")] = _copy(f"{hf_prefix}.shared_head.norm.weight")
+  return m
+
+
+def _shared_mtp_keys(config: ModelConfig) -> list[tuple[str, str]]:
+  """(MTP copy, main tensor) pairs: V3 stores the shared embedding and head once per MTP module."""
+  pairs = []
+  for k in range(config.num_nextn_predict_layers):
+    p = f"model.layers.{config.num_hidden_layers + k}"
+    pairs.append((f"{p}.embed_tokens.weight", "model.embed_tokens.weight"))
+    pairs.append((f"{p}.shared_head.head.weight",
+                  "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"))
+  return pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+class _CheckpointReader:
+  """Finds tensors across (sharded) safetensors files and dequantises FP8 blocks on read."""
+
+  def __init__(self, path: str, block_size: tuple[int, int] = (128, 128)):
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+      files = {name: safetensors_io.SafetensorsFile(os.path.join(path, name)) for name in set(weight_map.values())}
+      self._where = {k: files[v] for k, v in weight_map.items()}
+    else:
+      names = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+      if not names:
+        raise CheckpointError(f"{path}: no *.safetensors files and no model.safetensors.index.json")
+      self._where = {}
+      for n in names:
+        f = safetensors_io.SafetensorsFile(os.path.join(path, n))
+        for k in f.keys():
+          self._where[k] = f
+    self.path = path
+    self.block_size = block_size
+    self.used: set[str] = set()
+
+  def keys(self) -> set[str]:
+    return set(self._where)
+
+  def get(self, key: str) -> np.ndarray:
+    if key not in self._where:
+      raise CheckpointError(f"{self.path}: checkpoint is missing tensor {key}")
+    self.used.add(key)
+    a = self._where[key].get(key)
+    if a.dtype in (np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2)):
+      scale_key = key[:-len("weight")] + "weight_scale_inv"
+      if scale_key not in self._where:
+        raise CheckpointError(f"{self.path}: FP8 tensor {key} has no {scale_key}")
+      self.used.add(scale_key)
+      a = dequantize_fp8(a, self._where[scale_key].get(scale_key), self.block_size)
+    return a
+
+
+def dequantize_fp8(w: np.ndarray, scale_inv: np.ndarray, block_size=(128, 128)) -> np.ndarray:
+  """float8 w [O, I] times its per-block scale_inv [ceil(O/bo), ceil(I/bi)] -> float32 [O, I]."""
+  bo, bi = block_size
+  o, i = w.shape
+  expected = (math.ceil(o / bo), math.ceil(i / bi))
+  if tuple(scale_inv.shape) != expected:
+    raise CheckpointError(f"weight_scale_inv shape {tuple(scale_inv.shape)} != expected {expected} for {w.shape}")
+  scale = np.repeat(np.repeat(scale_inv.astype(np.float32), bo, axis=0), bi, axis=1)[:o, :i]
+  return w.astype(np.float32) * scale
+
+
+def _get_path(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def _set_path(tree, path, value):
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def load_hf_checkpoint(path: str, dtype: str = "float32", *, mesh=None, rules=TRAIN_RULES,
+                       load_mtp: bool | None = None, **config_overrides) -> Policy:
+  """Loads a local DeepSeek-V2/V3 Hugging Face checkpoint directory into an r1 Policy.
+
+  Args:
+    path: directory with config.json and model.safetensors (or shards + model.safetensors.index.json).
+    dtype: parameter and compute dtype ("float32", "bfloat16"). The router weight and the balancing
+      bias stay float32. FP8 weights are dequantised with their 128x128 `weight_scale_inv` blocks.
+    mesh: if given, each tensor is placed directly with its sharding under `rules`.
+    load_mtp: load the multi-token-prediction modules (config num_nextn_predict_layers). None: when
+      the checkpoint has them (transformers-written checkpoints declare one but store none; that is
+      logged); False: drop them.
+    **config_overrides: ModelConfig fields to change (e.g. moe_impl="ragged").
+  Raises:
+    CheckpointError naming the missing / unexpected / mis-shaped tensor or unsupported config field.
+  """
+  with open(os.path.join(path, "config.json")) as f:
+    hf_config = json.load(f)
+  overrides = {"dtype": dtype, "param_dtype": dtype, **config_overrides}
+  if dtype not in _DTYPES:
+    raise CheckpointError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
+  block = tuple((hf_config.get("quantization_config") or {}).get("weight_block_size", (128, 128)))
+  reader = _CheckpointReader(path, block)
+  declared_mtp = int(hf_config.get("num_nextn_predict_layers", 0))
+  if declared_mtp and "num_nextn_predict_layers" not in overrides:
+    present = f"model.layers.{hf_config['num_hidden_layers']}.eh_proj.weight" in reader.keys()
+    if load_mtp is None and not present:
+      logging.warning("%s: config.json declares %d MTP module(s) but the checkpoint stores none; "
+                      "loading without MTP", path, declared_mtp)
+    if load_mtp is False or (load_mtp is None and not present):
+      overrides["num_nextn_predict_layers"] = 0
+  config = config_from_hf(hf_config, **overrides)
+
+  abstract = abstract_variables(config)
+  shardings = variable_shardings(abstract, mesh, rules) if mesh is not None else None
+  abstract = nn.unbox(abstract)
+  mapping = tensor_mapping(config)
+  variables: dict = {}
+  for full_path, (_, to_r1, _) in mapping.items():
+    expected = _get_path(abstract, full_path)
+    try:
+      value = to_r1(reader.get)
+    except ValueError as e:  # reshape of a wrongly shaped tensor
+      raise CheckpointError(f"{path}: tensor for {'/'.join(full_path)}: {e}") from e
+    if tuple(value.shape) != tuple(expected.shape):
+      raise CheckpointError(
+          f"{path}: tensor for {'/'.join(full_path)} ({mapping[full_path][0][0]}): shape {tuple(value.shape)} "
+          f"!= expected {tuple(expected.shape)}")
+    value = np.asarray(value).astype(expected.dtype)
+    if shardings is not None:
+      sharding = _get_path(shardings, full_path)
+      leaf = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+    else:
+      leaf = jnp.asarray(value)
+    _set_path(variables, full_path, leaf)
+    del value
+
+  for copy_key, main_key in _shared_mtp_keys(config):
+    if copy_key in reader.keys():
+      if not np.array_equal(reader.get(copy_key), reader.get(main_key)):
+        raise CheckpointError(f"{path}: {copy_key} differs from {main_key}; r1 shares them (V3 paper 2.2)")
+  unused = sorted(reader.keys() - reader.used)
+  if load_mtp is False:
+    mtp_prefixes = tuple(f"model.layers.{config.num_hidden_layers + k}." for k in range(declared_mtp))
+    unused = [k for k in unused if not k.startswith(mtp_prefixes)]
+  if unused:
+    raise CheckpointError(f"{path}: checkpoint has tensors r1 does not know: {unused[:10]}"
+                          f"{' ...' if len(unused) > 10 else ''}")
+  return Policy(config=config, variables=variables)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def save_hf_checkpoint(policy: Policy, out_dir: str, *, dtype: str | None = None,
+                       max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes `policy` as a Hugging Face checkpoint (config.json + safetensors) that transformers loads.
+
+  Args:
+    policy: an r1 Policy.
+    out_dir: created if missing.
+    dtype: tensor dtype on disk (default: the parameters' own). The router and bias stay float32.
+    max_shard_bytes: shard size; an index file is written when there is more than one shard.
+  """
+  config = policy.config
+  dtype = dtype or config.param_dtype
+  os.makedirs(out_dir, exist_ok=True)
+  np_dtype = np.dtype(_DTYPES[dtype])
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for full_path, (_, _, to_hf) in tensor_mapping(config).items():
+    value = np.asarray(jax.device_get(_get_path(policy.variables, full_path)))
+    keep_f32 = full_path[0] == "moe_bias" or full_path[-1] == "gate"
+    for key, a in to_hf(value).items():
+      a = np.ascontiguousarray(a.astype(np.float32 if keep_f32 else np_dtype))
+      if size and size + a.nbytes > max_shard_bytes:
+        shards.append({})
+        size = 0
+      shards[-1][key] = a
+      size += a.nbytes
+  for copy_key, main_key in _shared_mtp_keys(config):
+    for shard in shards:
+      if main_key in shard:
+        shards[-1][copy_key] = shard[main_key]
+        break
+  if len(shards) == 1:
+    safetensors_io.save_file(shards[0], os.path.join(out_dir, "model.safetensors"), {"format": "pt"})
+  else:
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      safetensors_io.save_file(shard, os.path.join(out_dir, name), {"format": "pt"})
+      weight_map.update({k: name for k in shard})
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1, sort_keys=True)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config_to_hf(config, dtype), f, indent=2, sort_keys=True)
+

@@ -1,0 +1,115 @@
+"""The DeepSeek model configuration: one frozen, hashable dataclass.
+
+Field names are the Hugging Face `config.json` names (so a checkpoint's config reads straight in);
+the last section holds r1's own settings (dtypes, MoE kernel). Being frozen and hashable, a
+`ModelConfig` can be a Flax module attribute and a static argument of `jax.jit`.
+"""
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """YaRN context extension (DeepSeek-V2/V3 `rope_scaling`, `type: yarn`)."""
+  factor: float = 40.0
+  original_max_position_embeddings: int = 4096
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  mscale: float = 1.0
+  mscale_all_dim: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A DeepSeek-V2/V3 decoder. Defaults are DeepSeek-V3's published values."""
+  vocab_size: int = 129280
+  hidden_size: int = 7168
+  intermediate_size: int = 18432       # dense FFN width (first_k_dense_replace layers)
+  moe_intermediate_size: int = 2048    # width of one routed (and one shared) expert
+  num_hidden_layers: int = 61
+  num_attention_heads: int = 128
+  # Multi-head Latent Attention.
+  q_lora_rank: int | None = 1536       # None: a direct q projection (V2-Lite)
+  kv_lora_rank: int = 512
+  qk_nope_head_dim: int = 128
+  qk_rope_head_dim: int = 64
+  v_head_dim: int = 128
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = RopeScaling(mscale=1.0, mscale_all_dim=1.0)
+  rope_interleave: bool = True         # rotary pairs (2i, 2i+1) as in DeepSeek's checkpoints
+  max_position_embeddings: int = 163840
+  # DeepSeekMoE.
+  n_routed_experts: int | None = 256   # None: a dense model
+  n_shared_experts: int = 1
+  num_experts_per_tok: int = 8
+  n_group: int = 8
+  topk_group: int = 4
+  topk_method: str = "noaux_tc"        # V3 bias-corrected group top-k; V2: greedy / group_limited_greedy
+  scoring_func: str = "sigmoid"        # V3 sigmoid, V2 softmax
+  norm_topk_prob: bool = True
+  routed_scaling_factor: float = 2.5
+  first_k_dense_replace: int = 3
+  # Multi-token prediction depth D (V3 paper section 2.2); 0 disables it.
+  num_nextn_predict_layers: int = 0
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+  # r1's own settings (not in config.json).
+  dtype: str = "float32"               # activation / matmul dtype (bfloat16 on TPU)
+  param_dtype: str = "float32"
+  moe_impl: str = "einsum"             # "einsum" (padded batched matmul, fast on CPU) or "ragged"
+  capacity_factor: float | None = None  # None: dropless
+  remat: str = "none"                  # "none" | "full": rematerialise each decoder layer
+
+  def __post_init__(self):
+    if self.topk_method not in ("noaux_tc", "greedy", "group_limited_greedy"):
+      raise ValueError(f"topk_method={self.topk_method!r}: expected noaux_tc, greedy or group_limited_greedy")
+    if self.scoring_func not in ("sigmoid", "softmax"):
+      raise ValueError(f"scoring_func={self.scoring_func!r}: expected sigmoid or softmax")
+    if self.moe_impl not in ("einsum", "ragged"):
+      raise ValueError(f"moe_impl={self.moe_impl!r}: expected einsum or ragged")
+    if self.remat not in ("none", "full"):
+      raise ValueError(f"remat={self.remat!r}: expected none or full")
+    if self.n_routed_experts:
+      if self.n_routed_experts % self.n_group:
+        raise ValueError(f"n_routed_experts={self.n_routed_experts} is not divisible by n_group={self.n_group}")
+      if self.topk_group > self.n_group:
+        raise ValueError(f"topk_group={self.topk_group} > n_group={self.n_group}")
+      if self.num_experts_per_tok > self.topk_group * self.n_routed_experts // self.n_group:
+        raise ValueError("num_experts_per_tok exceeds the experts in the selected groups")
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+
+  @property
+  def qk_head_dim(self) -> int:
+    return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+  def is_moe_layer(self, layer: int) -> bool:
+    """Layer `layer` (0-based) uses DeepSeekMoE; the first `first_k_dense_replace` are dense."""
+    return bool(self.n_routed_experts) and layer >= self.first_k_dense_replace
+
+  @property
+  def num_moe_layers(self) -> int:
+    return sum(self.is_moe_layer(i) for i in range(self.num_hidden_layers))
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any] | ml_collections.ConfigDict) -> "ModelConfig":
+    """Builds a config from a dict or ConfigDict with exactly these field names."""
+    if isinstance(d, ml_collections.ConfigDict):
+      d = d.to_dict()
+    d = dict(d)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"unknown model config fields {unknown}; expected a subset of {sorted(fields)}")
+    if isinstance(d.get("rope_scaling"), dict):
+      d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    return cls(**d)

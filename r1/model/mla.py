@@ -1,0 +1,100 @@
+"""Multi-head Latent Attention (DeepSeek-V2 section 2.1, V3 section 2.1.1).
+
+Keys and values are compressed jointly into a latent c_kv of width kv_lora_rank (plus one RoPE key
+of width qk_rope_head_dim shared by all heads), so a decode cache holds only
+(kv_lora_rank + qk_rope_head_dim) numbers per token per layer. This module is the training /
+prefill form: it expands the latent into per-head keys and values. The sampler's absorbed decode
+form (r1/sampling.py) reuses `project_query` and `compress_kv` and the same parameters.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from r1.model import layers
+from r1.model.config import ModelConfig
+
+Array = jax.Array
+
+# Finite "minus infinity": a fully masked row (a padding query) yields a uniform softmax, not NaN.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention_mask(segment_ids: Array) -> Array:
+  """bool[B, T, T]: query t sees key s iff s <= t and both are in the same non-zero segment.
+
+  segment_ids: int[B, T]; 0 marks padding, packed examples carry 1, 2, ...
+  """
+  t = segment_ids.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return causal[None] & same & (segment_ids[:, None, :] != 0)
+
+
+class MLA(nn.Module):
+  """x: [B, T, D], positions int[B, T], mask bool[B, T, T] -> [B, T, D]."""
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    pd = jnp.dtype(c.param_dtype)
+    h, qk = c.num_attention_heads, c.qk_head_dim
+    if c.q_lora_rank is None:
+      self.q_proj = layers.param_with_axes(self, "q_proj", (c.hidden_size, h, qk), ("embed", "heads", "qk_head"),
+                                           dtype=pd)
+    else:
+      self.q_a_proj = layers.param_with_axes(self, "q_a_proj", (c.hidden_size, c.q_lora_rank), ("embed", "q_lora"),
+                                             dtype=pd)
+      self.q_a_layernorm = layers.RMSNorm(eps=c.rms_norm_eps, axis_name="q_lora", param_dtype=c.param_dtype)
+      self.q_b_proj = layers.param_with_axes(self, "q_b_proj", (c.q_lora_rank, h, qk), ("q_lora", "heads", "qk_head"),
+                                             dtype=pd)
+    # One projection produces the KV latent and the shared RoPE key, as in the checkpoints.
+    self.kv_a_proj_with_mqa = layers.param_with_axes(
+        self, "kv_a_proj_with_mqa", (c.hidden_size, c.kv_lora_rank + c.qk_rope_head_dim), ("embed", "kv_lora"),
+        dtype=pd)
+    self.kv_a_layernorm = layers.RMSNorm(eps=c.rms_norm_eps, axis_name="kv_lora", param_dtype=c.param_dtype)
+    self.kv_b_proj = layers.param_with_axes(
+        self, "kv_b_proj", (c.kv_lora_rank, h, c.qk_nope_head_dim + c.v_head_dim), ("kv_lora", "heads", "qk_head"),
+        dtype=pd)
+    self.o_proj = layers.param_with_axes(self, "o_proj", (h, c.v_head_dim, c.hidden_size), ("heads", "v_head", "embed"),
+                                         dtype=pd)
+
+  def project_query(self, x: Array, cos: Array, sin: Array) -> tuple[Array, Array]:
+    """Queries: q_nope [B, T, H, nope] and RoPE'd q_pe [B, T, H, rope]."""
+    c = self.config
+    cd = jnp.dtype(c.dtype)
+    x = x.astype(cd)
+    if c.q_lora_rank is None:
+      q = jnp.einsum("btd,dhk->bthk", x, self.q_proj.astype(cd))
+    else:
+      q = self.q_a_layernorm(x @ self.q_a_proj.astype(cd))
+      q = jnp.einsum("btr,rhk->bthk", q, self.q_b_proj.astype(cd))
+    q = layers.constrain(q, ("batch", "length", "act_heads", None))
+    q_nope, q_pe = q[..., :c.qk_nope_head_dim], q[..., c.qk_nope_head_dim:]
+    return q_nope, layers.apply_rope(q_pe, cos, sin, c.rope_interleave)
+
+  def compress_kv(self, x: Array, cos: Array, sin: Array) -> tuple[Array, Array]:
+    """The latent cache entries: normalised c_kv [B, T, kv_lora] and RoPE'd k_pe [B, T, rope]."""
+    c = self.config
+    cd = jnp.dtype(c.dtype)
+    kv = x.astype(cd) @ self.kv_a_proj_with_mqa.astype(cd)
+    c_kv = self.kv_a_layernorm(kv[..., :c.kv_lora_rank])
+    k_pe = layers.apply_rope(kv[..., c.kv_lora_rank:], cos, sin, c.rope_interleave)
+    return c_kv, k_pe
+
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+    c = self.config
+    cd = jnp.dtype(c.dtype)
+    q_nope, q_pe = self.project_query(x, cos, sin)
+    c_kv, k_pe = self.compress_kv(x, cos, sin)
+    kv = jnp.einsum("bsr,rhk->bshk", c_kv, self.kv_b_proj.astype(cd))
+    k_nope, v = kv[..., :c.qk_nope_head_dim], kv[..., c.qk_nope_head_dim:]
+    # The RoPE key is shared by all heads (the "decoupled" key of V2 eq. 14).
+    scores = (jnp.einsum("bthk,bshk->bhts", q_nope, k_nope)
+              + jnp.einsum("bthk,bsk->bhts", q_pe, k_pe)).astype(jnp.float32)
+    scores = scores * layers.softmax_scale(c)
+    scores = jnp.where(mask[:, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cd)
+    out = jnp.einsum("bhts,bshv->bthv", probs, v)
+    out = layers.constrain(out, ("batch", "length", "act_heads", None))
+    return jnp.einsum("bthv,hvd->btd", out, self.o_proj.astype(cd))

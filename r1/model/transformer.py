@@ -1,0 +1,133 @@
+"""The DeepSeek-V2/V3 decoder: embeddings, MLA + (dense | MoE) layers, final norm, LM head, MTP.
+
+Layers are an explicit Python loop rather than `nn.scan`: the stack is heterogeneous (dense first
+layers, MoE after, MTP blocks on top), each layer returns its own expert load, and per-layer
+parameter names map one-to-one onto Hugging Face checkpoint keys. The cost is compile time linear
+in depth, which is small for the configs r1 trains; `remat="full"` bounds activation memory.
+"""
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from r1.model import layers
+from r1.model.config import ModelConfig
+from r1.model.mla import MLA, attention_mask
+from r1.model.moe import MoE
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  """logits f32[B, T, V] (None if not asked for); hidden [B, T, D] after the final norm;
+  expert_load int32[L_moe, E] tokens routed to each expert per MoE layer;
+  mtp_logits f32[D_mtp, B, T, V] where depth k (0-based) at position i predicts token i + k + 2."""
+  logits: Array | None
+  hidden: Array
+  expert_load: Array
+  mtp_logits: Array | None = None
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block: x + MLA(norm(x)), then + FFN(norm(.)), FFN = SwiGLU or DeepSeekMoE."""
+  config: ModelConfig
+  moe: bool
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, token_mask):
+    c = self.config
+    h = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="input_layernorm")(x)
+    x = x + MLA(c, name="self_attn")(h, cos, sin, mask).astype(x.dtype)
+    h = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="post_attention_layernorm")(x)
+    if self.moe:
+      y, load = MoE(c, name="mlp")(h, token_mask)
+    else:
+      y, load = layers.SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, name="mlp")(h), None
+    x = x + y.astype(x.dtype)
+    return layers.constrain(x, ("batch", "length", "act_embed")), load
+
+
+class MTPModule(nn.Module):
+  """One multi-token-prediction depth (V3 eq. 21-23): combine h^{k-1} with Emb(t_{i+k}), one block."""
+  config: ModelConfig
+  layer_index: int
+
+  @nn.compact
+  def __call__(self, prev_hidden, next_embeds, cos, sin, mask, token_mask):
+    c = self.config
+    e = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="enorm")(next_embeds)
+    h = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="hnorm")(prev_hidden)
+    # Checkpoint order is [embedding; hidden] (as served by vLLM), the paper writes the reverse.
+    eh = layers.param_with_axes(self, "eh_proj", (2 * c.hidden_size, c.hidden_size), ("mlp", "embed"),
+                                dtype=jnp.dtype(c.param_dtype))
+    x = jnp.concatenate([e, h], axis=-1) @ eh.astype(e.dtype)
+    x, load = DecoderLayer(c, c.is_moe_layer(self.layer_index), name="block")(x, cos, sin, mask, token_mask)
+    return x, layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="final_norm")(x), load
+
+
+class Transformer(nn.Module):
+  """tokens int32[B, T] -> ModelOutput. Positions default to 0..T-1 and segment_ids to all ones."""
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    if c.hidden_size % 2 or c.qk_rope_head_dim % 2:
+      raise ValueError("hidden_size and qk_rope_head_dim must be even")
+    self.embed_tokens = layers.param_with_axes(self, "embed_tokens", (c.vocab_size, c.hidden_size),
+                                               ("vocab", "embed"), dtype=jnp.dtype(c.param_dtype))
+    block = nn.remat(DecoderLayer) if c.remat == "full" else DecoderLayer
+    self.layers = [block(c, c.is_moe_layer(i), name=f"layers_{i}") for i in range(c.num_hidden_layers)]
+    self.norm = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype)
+    if not c.tie_word_embeddings:
+      self.lm_head = layers.param_with_axes(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"),
+                                            dtype=jnp.dtype(c.param_dtype))
+    self.mtp = [MTPModule(c, c.num_hidden_layers + k, name=f"mtp_{k}") for k in range(c.num_nextn_predict_layers)]
+
+  def embed(self, tokens: Array) -> Array:
+    """tokens int32[B, T] -> embeddings [B, T, D] in the compute dtype."""
+    x = jnp.take(self.embed_tokens, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+    return layers.constrain(x, ("batch", "length", "act_embed"))
+
+  def head(self, hidden: Array) -> Array:
+    """hidden [..., D] (after the final norm) -> logits f32[..., V]."""
+    cd = jnp.dtype(self.config.dtype)
+    w = self.embed_tokens.T if self.config.tie_word_embeddings else self.lm_head
+    return jnp.einsum("...d,dv->...v", hidden.astype(cd), w.astype(cd), preferred_element_type=jnp.float32)
+
+  def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None, *,
+               return_logits: bool = True, return_mtp: bool = False) -> ModelOutput:
+    c = self.config
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    mask = attention_mask(segment_ids)
+    token_mask = segment_ids != 0
+    cos, sin = layers.rope_cos_sin(positions, c)
+
+    x = self.embed(tokens)
+    loads = []
+    for layer in self.layers:
+      x, load = layer(x, cos, sin, mask, token_mask)
+      if load is not None:
+        loads.append(load)
+    hidden = self.norm(x)
+
+    mtp_logits = None
+    if return_mtp and self.mtp:
+      prev, depth_logits = hidden, []
+      for k, module in enumerate(self.mtp):
+        # Depth k+1 reads the token k+1 ahead; positions past the end see token 0 and are masked
+        # out of the MTP loss by the caller.
+        ahead = jnp.pad(tokens[:, k + 1:], ((0, 0), (0, k + 1)))
+        prev, normed, load = module(prev, self.embed(ahead), cos, sin, mask, token_mask)
+        loads.append(load)
+        depth_logits.append(self.head(normed))
+      mtp_logits = jnp.stack(depth_logits)
+    e = c.n_routed_experts or 1
+    expert_load = jnp.stack(loads) if loads else jnp.zeros((0, e), jnp.int32)
+    return ModelOutput(logits=self.head(hidden) if return_logits else None, hidden=hidden,
+                       expert_load=expert_load, mtp_logits=mtp_logits)
