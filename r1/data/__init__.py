@@ -22,7 +22,6 @@ _LAZY = {
     "get_verifier": "r1.data.tasks",
     "SyntheticSource": "r1.data.tasks",
     "SyntheticSFTSource": "r1.data.tasks",
-    "ShardSpec": "r1.data.pipeline",
     "rl_prompt_dataset": "r1.data.pipeline",
     "sft_dataset": "r1.data.pipeline",
     "save_iterator": "r1.data.pipeline",
