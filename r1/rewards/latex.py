@@ -38,7 +38,9 @@ def last_boxed(text: str) -> str | None:
   best = -1
   for cmd in _BOX_COMMANDS:
     best = max(best, text.rfind(cmd))
-  while best >= 0:
+  for _ in range(4):  # A few unbalanced boxes back at most: keeps hostile input linear.
+    if best < 0:
+      break
     cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, best))
     i = best + len(cmd)
     while i < len(text) and text[i] == " ":
@@ -198,7 +200,8 @@ def normalize(answer: str) -> str | None:
   """
   if answer is None or len(answer) > MAX_ANSWER_CHARS or "\x00" in answer:
     return None
-  s = answer.strip()
+  # Protect the row separator `\\` from the spacing rules (`\ ` is a space, `\\ ` is not).
+  s = answer.strip().replace("\\\\", "\x01")
   s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
   s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\lvert", "|")
   s = s.replace("\\rvert", "|").replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
@@ -221,6 +224,7 @@ def normalize(answer: str) -> str | None:
   # Spaces matter only between letters (`\pi r`, `a b`); elsewhere they are formatting.
   s = re.sub(r"\s+", " ", s.strip())
   s = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)
+  s = s.replace("\x01", "\\\\")
   if _THOUSANDS.match(s):
     s = s.replace(",", "")
   m = re.fullmatch(r"\(([A-E])\)|([A-E])\)", s)  # Multiple choice: (C) -> C.
