@@ -48,7 +48,8 @@ def test_arithmetic_worked_steps_are_correct():
   task = tasks.ArithmeticTask(min_digits=3, max_digits=4)
   checked = 0
   for i in range(60):
-    text = task.reasoning(task.example(1, i))
+    text, answer = task.worked_solution(task.example(1, i))
+    assert text.endswith(f"= {answer}")
     for expression, value in re.findall(r"((?:\d+ [-+*] )+\d+) = (\d+)", text):
       assert countdown._evaluate(ast.parse(expression, mode="eval").body, []) == int(value), \
           (text, expression, value)

@@ -2,8 +2,7 @@
 
 Each task is a frozen dataclass of difficulty knobs with:
   example(seed, index) -> PromptExample     random access, deterministic in (seed, index)
-  reasoning(example) -> str                 a worked chain of thought ending at a right answer
-  solve(example) -> str                     the answer `reasoning` ends with
+  worked_solution(example) -> (str, str)    a worked chain of thought and the answer it reaches
   verify(answer, gold, meta) -> bool        is an extracted answer right
 
 No JAX or grain here: reward workers import these verifiers.
@@ -55,7 +54,7 @@ class SyntheticSource(Sequence):
 
 def sft_example(task, example: PromptExample, template: Template) -> SFTExample:
   """The task's worked solution to `example` as an SFT pair in `template`'s response format."""
-  response = template.render_response(task.reasoning(example), task.solve(example))
+  response = template.render_response(*task.worked_solution(example))
   return SFTExample(example.id, example.prompt, response)
 
 

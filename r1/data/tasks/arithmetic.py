@@ -46,18 +46,11 @@ class ArithmeticTask:
     return PromptExample(id=f"arithmetic:{seed}:{index}", prompt=f"What is {a} {op} {b}?",
                          gold=str(gold), verifier=self.name, meta={"a": a, "b": b, "op": op})
 
-  def reasoning(self, example: PromptExample) -> str:
-    """Step-by-step column working that ends at the gold answer."""
+  def worked_solution(self, example: PromptExample) -> tuple[str, str]:
+    """(step-by-step column working, the answer it ends at)."""
     a, b, op = example.meta["a"], example.meta["b"], example.meta["op"]
-    if op == "+":
-      return column_addition(a, b)
-    if op == "-":
-      return column_subtraction(a, b)
-    return long_multiplication(a, b)
-
-  def solve(self, example: PromptExample) -> str:
-    """The answer the worked solution ends with."""
-    return example.gold
+    working = {"+": column_addition, "-": column_subtraction, "*": long_multiplication}[op]
+    return working(a, b), example.gold
 
   @staticmethod
   def verify(answer: str, gold: str, meta: dict | None = None) -> bool:

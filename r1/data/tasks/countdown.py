@@ -59,8 +59,8 @@ class CountdownTask:
     return PromptExample(id=f"countdown:{seed}:{index}", prompt=prompt, gold=expression,
                          verifier=self.name, meta={"numbers": numbers, "target": target})
 
-  def reasoning(self, example: PromptExample) -> str:
-    """A depth-first search trace over pairwise combinations, ending at a solution."""
+  def worked_solution(self, example: PromptExample) -> tuple[str, str]:
+    """(a depth-first search trace over pairwise combinations, the solution it ends at)."""
     numbers, target = example.meta["numbers"], example.meta["target"]
     lines, steps = [], [0]
     path = _search(target, [(fractions.Fraction(n), str(n)) for n in numbers], lines, steps,
@@ -69,11 +69,8 @@ class CountdownTask:
       # Too long (or, with a different search order, not found): show the known solution's path.
       lines = [f"the search is long; build {example.gold} directly"]
       path = example.gold
-    return "\n".join([f"reach {target} from {numbers}"] + lines + [f"so {path} = {target}"])
-
-  def solve(self, example: PromptExample) -> str:
-    """The expression the search trace ends with."""
-    return self.reasoning(example).rsplit("\nso ", 1)[1].rsplit(" = ", 1)[0]
+    trace = "\n".join([f"reach {target} from {numbers}"] + lines + [f"so {path} = {target}"])
+    return trace, path
 
   @staticmethod
   def verify(answer: str, gold: str, meta: dict) -> bool:
