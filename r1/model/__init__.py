@@ -26,7 +26,7 @@ def _init(config: ModelConfig, rng: jax.Array):
 
 def init_variables(config: ModelConfig, rng: jax.Array) -> dict:
   """Random-initialised, unboxed variables {"params", "moe_bias"?} (normal(0.02) weights, unit norms)."""
-  return nn.unbox(_init(config, rng))
+  return nn.unbox(jax.jit(lambda r: _init(config, r))(rng))
 
 
 def abstract_variables(config: ModelConfig) -> dict:
