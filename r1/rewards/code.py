@@ -138,17 +138,16 @@ def program_python() -> str:
 
 
 def _processes_of_uid(uid: int) -> list[int]:
+  """Live (non-zombie) processes whose real uid is uid. Zombies are dead; init reaps them."""
   pids = []
   for entry in os.listdir("/proc"):
     if entry.isdigit():
       try:
         with open(f"/proc/{entry}/status") as f:
-          for line in f:
-            if line.startswith("Uid:"):
-              if int(line.split()[1]) == uid:
-                pids.append(int(entry))
-              break
-      except (OSError, ValueError):
+          fields = dict(line.split(":", 1) for line in f if ":" in line)
+        if fields["State"].split()[0] != "Z" and int(fields["Uid"].split()[0]) == uid:
+          pids.append(int(entry))
+      except (OSError, ValueError, KeyError):
         continue
   return pids
 

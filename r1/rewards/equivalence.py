@@ -16,6 +16,8 @@ Numeric policy (stated once, used everywhere):
 from fractions import Fraction
 import re
 
+from r1.rewards import latex
+
 REL_TOL = 1e-6
 _MAX_EXPONENT = 400  # 10**400 is cheap; a bigger literal exponent goes to the timed sympy path.
 
@@ -97,8 +99,16 @@ def numbers_equal(a: tuple[Fraction, bool, bool], b: tuple[Fraction, bool, bool]
 _WORD = re.compile(r"[A-Za-z][A-Za-z ]*")
 
 
+def strip_parens(s: str) -> str:
+  """`((3))` -> `3`: parentheses around a whole scalar do not change its value."""
+  while len(s) > 2 and s[0] == "(" and s[-1] == ")" and latex.outer_pair(s):
+    s = s[1:-1]
+  return s
+
+
 def cheap_scalar_equal(a: str, b: str) -> bool | None:
   """Equivalence of two normalised scalar answers without sympy; None when undecided."""
+  a, b = strip_parens(a), strip_parens(b)
   if a == b:
     return True
   na, nb = parse_number(a), parse_number(b)

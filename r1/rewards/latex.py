@@ -264,7 +264,7 @@ def split_top_level(s: str, sep: str) -> list[str]:
   return parts
 
 
-def _outer_pair(s: str) -> bool:
+def outer_pair(s: str) -> bool:
   """True when s[0] opens a bracket that closes exactly at s[-1] (any of ( [ with ) ])."""
   depth = 0
   for i, ch in enumerate(s):
@@ -307,7 +307,7 @@ def structure(s: str):
   if s.startswith("\\{") and s.endswith("\\}"):
     items = split_top_level(s[2:-2], ",")
     return ("unordered", tuple(("scalar", _strip_var(i)) for i in _expand_pm(items)))
-  if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _outer_pair(s):
+  if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and outer_pair(s):
     items = split_top_level(s[1:-1], ",")
     if len(items) > 1:
       return ("ordered", s[0] + s[-1], tuple(structure(_strip_var(i)) for i in items))

@@ -62,7 +62,7 @@ def symbolic_scalar_equal(a: str, b: str) -> bool:
   cheap = equivalence.cheap_scalar_equal(a, b)
   if cheap is not None:
     return cheap
-  ea, eb = to_sympy(a), to_sympy(b)
+  ea, eb = to_sympy(equivalence.strip_parens(a)), to_sympy(equivalence.strip_parens(b))
   if ea is None or eb is None:
     return False
   try:

@@ -19,19 +19,23 @@ ADD_TESTS = [{"input": "1 2\n", "output": "3\n"}, {"input": "5 5", "output": "10
              {"input": "-1 1", "output": "0"}]
 
 
-def sandbox_processes() -> list[int]:
-  """Processes running under any per-run sandbox uid."""
-  found = []
-  for entry in os.listdir("/proc"):
-    if entry.isdigit():
-      try:
-        with open(f"/proc/{entry}/status") as f:
-          uid = next(int(l.split()[1]) for l in f if l.startswith("Uid:"))
-      except (OSError, StopIteration):
-        continue
-      if uid >= code._UID_BASE:
-        found.append(int(entry))
-  return found
+def sandbox_processes(grace_s: float = 5.0) -> list[int]:
+  """Live processes under any per-run sandbox uid, after up to grace_s for SIGKILLs to land."""
+  deadline = time.monotonic() + grace_s
+  while True:
+    found = []
+    for entry in os.listdir("/proc"):
+      if entry.isdigit():
+        try:
+          with open(f"/proc/{entry}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+          if fields["State"].split()[0] != "Z" and int(fields["Uid"].split()[0]) >= code._UID_BASE:
+            found.append(int(entry))
+        except (OSError, ValueError, KeyError):
+          continue
+    if not found or time.monotonic() > deadline:
+      return found
+    time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)
