@@ -1,0 +1,440 @@
+"""The fused, jitted policy update for GRPO and SFT: state in, state and metrics out.
+
+  optimizer, schedule = make_optimizer(3e-6, warmup_steps=10, decay_steps=1000)
+  state = init_train_state(config, variables, optimizer, with_reference=True)
+  step = make_grpo_step(config, optimizer, schedule, kl_coef=0.001, num_iterations=1)
+  state, metrics = step(state, batch)      # state is donated
+
+One call runs `num_iterations` (the paper's mu) optimizer updates on one rollout batch. Each update
+accumulates gradients over micro-batches with `lax.scan`, clips by global norm, applies AdamW,
+moves the aux-loss-free balancing bias by the forward's expert load, refreshes the reference
+every `ref_update_every` updates, and is skipped whole (counted) if the loss or a gradient is not
+finite. The batch formats are in `make_grpo_step` and `make_sft_step`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from r1 import grpo
+from r1 import sharding
+from r1.model import ModelConfig, Transformer, abstract_variables
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step int32[] updates applied; params; moe_bias ({} without noaux_tc routing); opt_state (optax);
+  ref_params (a frozen copy of params, or None without a KL term); skipped_steps int32[]."""
+  step: Array
+  params: dict
+  moe_bias: dict
+  opt_state: Any
+  ref_params: dict | None
+  skipped_steps: Array
+
+
+def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: int | None = None,
+                   schedule: str = "cosine", end_factor: float = 0.0, b1: float = 0.9, b2: float = 0.95,
+                   eps: float = 1e-8, weight_decay: float = 0.1, max_grad_norm: float | None = 1.0):
+  """Global-norm clipping then AdamW with linear warmup and a cosine / linear / constant schedule.
+
+  Weight decay applies to matrices only (not norms or the router bias-free vectors).
+  Returns (optax.GradientTransformation, schedule: step -> learning rate).
+  """
+  if schedule == "constant" or decay_steps is None:
+    decay = optax.constant_schedule(learning_rate)
+  elif schedule == "cosine":
+    decay = optax.cosine_decay_schedule(learning_rate, max(decay_steps - warmup_steps, 1), alpha=end_factor)
+  elif schedule == "linear":
+    decay = optax.linear_schedule(learning_rate, learning_rate * end_factor, max(decay_steps - warmup_steps, 1))
+  else:
+    raise ValueError(f"schedule={schedule!r}: expected cosine, linear or constant")
+  lr = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay],
+                            [warmup_steps]) if warmup_steps else decay
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  tx = optax.chain(
+      optax.clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),
+      optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
+  return tx, lr
+
+
+def init_train_state(config: ModelConfig, variables: dict, optimizer, *, with_reference: bool = True) -> TrainState:
+  """A TrainState owning `variables` (they are donated by the step: do not reuse them).
+
+  The reference is a copy into fresh buffers, never an alias of the policy's.
+  """
+  del config
+  params = variables["params"]
+  ref = jax.tree.map(lambda x: x.copy(), params) if with_reference else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, moe_bias=variables.get("moe_bias", {}),
+                    opt_state=jax.jit(optimizer.init)(params), ref_params=ref,
+                    skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def train_state_shardings(config: ModelConfig, optimizer, mesh, *, with_reference: bool = True) -> TrainState:
+  """NamedShardings for a TrainState: params (and their Adam moments, reference) by the logical
+  rules of r1.sharding, everything else replicated."""
+  var_sh = sharding.variable_shardings(abstract_variables(config), mesh)
+  params_sh = var_sh["params"]
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract_params = nn.unbox(abstract_variables(config))["params"]
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, params_sh,
+                                 transform_non_params=lambda _: replicated,
+                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+  return TrainState(step=replicated, params=params_sh, moe_bias=var_sh.get("moe_bias", {}), opt_state=opt_sh,
+                    ref_params=params_sh if with_reference else None, skipped_steps=replicated)
+
+
+# --- Aux-loss-free balancing --------------------------------------------------------------------
+
+
+def moe_bias_paths(config: ModelConfig, with_mtp: bool = False) -> list[tuple[str, ...]]:
+  """Paths in moe_bias of the rows of ModelOutput.expert_load (MoE layers, then MTP blocks)."""
+  paths = [(f"layers_{i}", "mlp") for i in range(config.num_hidden_layers) if config.is_moe_layer(i)]
+  if with_mtp:
+    paths += [(f"mtp_{k}", "block", "mlp") for k in range(config.num_nextn_predict_layers)
+              if config.is_moe_layer(config.num_hidden_layers + k)]
+  return paths
+
+
+def update_moe_bias(moe_bias: dict, expert_load: Array, config: ModelConfig, rate: float,
+                    with_mtp: bool = False) -> dict:
+  """V3 section 2.1.2: b_i += rate * sign(mean_load - load_i) per MoE layer, outside the gradient.
+
+  expert_load: int32[L, E] tokens per expert (rows as `moe_bias_paths`). rate 0 (or no bias) is a no-op.
+  """
+  if not rate or not moe_bias:
+    return moe_bias
+  paths = moe_bias_paths(config, with_mtp)
+  if len(paths) != expert_load.shape[0]:
+    raise ValueError(f"expert_load has {expert_load.shape[0]} rows, expected {len(paths)} for {paths}")
+  new = jax.tree.map(lambda x: x, moe_bias)
+  for row, path in enumerate(paths):
+    load = expert_load[row].astype(jnp.float32)
+    node = new
+    for key in path:
+      node = node[key]
+    node["e_score_correction_bias"] = node["e_score_correction_bias"] + rate * jnp.sign(load.mean() - load)
+  return new
+
+
+def expert_load_metrics(expert_load: Array, config: ModelConfig, with_mtp: bool = False) -> dict[str, Array]:
+  """Per MoE layer: load min and max relative to the mean (1 = balanced) and the load entropy
+  normalised by log E (1 = uniform)."""
+  metrics = {}
+  if expert_load.shape[0] == 0:
+    return metrics
+  load = expert_load.astype(jnp.float32)
+  e = load.shape[1]
+  mean = jnp.maximum(load.mean(axis=1), 1e-9)
+  p = load / jnp.maximum(load.sum(axis=1, keepdims=True), 1e-9)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1) / jnp.log(e)
+  for row, path in enumerate(moe_bias_paths(config, with_mtp)):
+    name = path[0]
+    metrics[f"expert_load/{name}/min"] = load[row].min() / mean[row]
+    metrics[f"expert_load/{name}/max"] = load[row].max() / mean[row]
+    metrics[f"expert_load/{name}/entropy"] = entropy[row]
+  return metrics
+
+
+# --- Shared machinery ---------------------------------------------------------------------------
+
+
+def forward(config: ModelConfig, params, moe_bias, tokens, positions, segment_ids, targets, *,
+            chunk_size: int | None = None, return_mtp: bool = False):
+  """Policy forward -> (logprobs f32[B, T] of targets, entropy f32[B, T], ModelOutput without logits)."""
+  variables = {"params": params, "moe_bias": moe_bias} if moe_bias else {"params": params}
+  out = Transformer(config).apply(variables, tokens, positions, segment_ids, return_logits=False,
+                                  return_mtp=return_mtp)
+  logprobs, entropy = grpo.head_logprobs(config, params, out.hidden, targets, chunk_size)
+  return logprobs, entropy, out
+
+
+def split_micro_batches(tree, num_micro_batches: int):
+  """[B, ...] -> [n, B / n, ...]; micro-batch j holds rows j, j + n, ... so that each one spreads
+  over the devices that shard the batch contiguously."""
+  def split(x):
+    b = x.shape[0]
+    if b % num_micro_batches:
+      raise ValueError(f"batch size {b} is not divisible by num_micro_batches={num_micro_batches}")
+    return x.reshape(b // num_micro_batches, num_micro_batches, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, tree)
+
+
+def merge_micro_batches(x: Array) -> Array:
+  """Inverse of split_micro_batches for one array [n, B / n, ...] -> [B, ...]."""
+  return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def _constrain_batch(mb: dict) -> dict:
+  return {k: nn.with_logical_constraint(v, ("batch",) + (None,) * (v.ndim - 1)) for k, v in mb.items()}
+
+
+def accumulate_gradients(loss_fn: Callable, params, micro_batches: dict, sum_keys):
+  """lax.scan over micro-batches of loss_fn(params, mb) -> (loss, (sums, per_row, expert_load)).
+
+  The losses must already be normalised for the whole batch (grpo.loss_weights), so gradients
+  and losses add. Returns (loss, grads, sums, per_row outputs [n, b, ...], expert_load summed).
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def body(carry, mb):
+    loss_acc, grad_acc, sums_acc, load_acc = carry
+    (loss, (sums, per_row, load)), grads = grad_fn(params, _constrain_batch(mb))
+    grad_acc = jax.tree.map(jnp.add, grad_acc, grads)
+    return (loss_acc + loss, grad_acc, grpo.combine_sums(sums_acc, sums), load_acc + load), per_row
+
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  load_shape = jax.eval_shape(lambda p, mb: loss_fn(p, mb)[1][2], params, first)
+  init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), grpo.empty_sums(sum_keys),
+          jnp.zeros(load_shape.shape, load_shape.dtype))
+  (loss, grads, sums, load), per_row = jax.lax.scan(body, init, micro_batches)
+  return loss, grads, sums, per_row, load
+
+
+def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimizer, schedule,
+                 bias_update_rate, ref_update_every, with_mtp=False):
+  """Optimizer + balancing-bias update + reference refresh; a non-finite loss or gradient leaves
+  the state unchanged except skipped_steps. Returns (state, metrics)."""
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step = state.step + 1
+  ref = state.ref_params
+  if ref is not None and ref_update_every:
+    # R1 section 2.2.2 / DeepSeekMath: the reference is replaced by the policy every N updates.
+    refresh = step % ref_update_every == 0
+    ref = jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref)
+  candidate = state.replace(step=step, params=params, opt_state=opt_state, ref_params=ref,
+                            moe_bias=update_moe_bias(state.moe_bias, expert_load, config, bias_update_rate, with_mtp))
+  new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), candidate, state)
+  new = new.replace(skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+  metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+             "skipped": (~finite).astype(jnp.float32)}
+  metrics.update(expert_load_metrics(expert_load, config, with_mtp))
+  return new, metrics
+
+
+def _jit_step(step_fn, state_shardings, mesh):
+  kwargs = {"donate_argnums": 0}
+  if state_shardings is not None:
+    kwargs["out_shardings"] = (state_shardings, None)
+  jitted = jax.jit(step_fn, **kwargs)
+  if mesh is None:
+    return jitted
+
+  def run(state, batch):
+    with sharding.mesh_context(mesh):
+      return jitted(state, batch)
+  run.jitted = jitted
+  return run
+
+
+# --- GRPO ---------------------------------------------------------------------------------------
+
+GRPO_SUM_KEYS = ("policy_loss", "kl_loss", "tokens", "kl", "ratio", "clip_low", "clip_high", "ratio_min",
+                 "ratio_max", "entropy")
+
+
+def make_grpo_grad_fn(config: ModelConfig, *, clip_eps=0.2, clip_eps_high=None, kl_coef=0.04,
+                      loss_agg="seq-mean-token-mean", num_micro_batches=1, logits_chunk_size=None):
+  """(params, moe_bias, batch, ref_logprobs|None, old_logprobs|None) -> (loss, grads, sums,
+  logprobs f32[B, T], expert_load int32[L, E]). Not jitted; the building block of the step."""
+
+  def loss_fn(params, mb, moe_bias):
+    lp, ent, out = forward(config, params, moe_bias, mb["tokens"], mb["positions"], mb["segment_ids"],
+                           grpo.next_token_targets(mb["tokens"]), chunk_size=logits_chunk_size)
+    old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(lp)
+    terms = grpo.grpo_token_terms(lp, old, mb.get("ref_logprobs"), mb["advantages"], mb["completion_mask"],
+                                  clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=kl_coef)
+    loss, sums = grpo.weighted_sums(terms, mb["completion_mask"], mb["weights"], kl_coef)
+    sums["entropy"] = jnp.sum(jnp.asarray(mb["completion_mask"], jnp.float32) * ent)
+    return loss, (sums, jax.lax.stop_gradient(lp), out.expert_load)
+
+  def grad_fn(params, moe_bias, batch, ref_logprobs=None, old_logprobs=None):
+    fields = {k: batch[k] for k in ("tokens", "positions", "segment_ids", "completion_mask", "advantages")}
+    fields["weights"] = grpo.loss_weights(batch["completion_mask"], loss_agg)
+    if ref_logprobs is not None:
+      fields["ref_logprobs"] = ref_logprobs
+    if old_logprobs is not None:
+      fields["old_logprobs"] = old_logprobs
+    mbs = split_micro_batches(fields, num_micro_batches)
+    loss, grads, sums, lp, load = accumulate_gradients(
+        lambda p, mb: loss_fn(p, mb, moe_bias), params, mbs, GRPO_SUM_KEYS)
+    return loss, grads, sums, merge_micro_batches(lp), load
+
+  return grad_fn
+
+
+def reference_logprobs(config: ModelConfig, ref_params, moe_bias, batch, *, num_micro_batches=1,
+                       logits_chunk_size=None) -> Array:
+  """f32[B, T] log-probabilities of the next tokens under the reference, micro-batch by micro-batch."""
+  fields = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
+
+  def one(mb):
+    mb = _constrain_batch(mb)
+    lp, _, _ = forward(config, ref_params, moe_bias, mb["tokens"], mb["positions"], mb["segment_ids"],
+                       grpo.next_token_targets(mb["tokens"]), chunk_size=logits_chunk_size)
+    return lp
+
+  lp = jax.lax.map(one, split_micro_batches(fields, num_micro_batches))
+  return jax.lax.stop_gradient(merge_micro_batches(lp))
+
+
+def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float = 0.2,
+                   clip_eps_high: float | None = None, kl_coef: float = 0.04,
+                   loss_agg: str = "seq-mean-token-mean", num_iterations: int = 1, num_micro_batches: int = 1,
+                   logits_chunk_size: int | None = None, ref_update_every: int = 400,
+                   bias_update_rate: float = 0.001, group_size: int | None = None,
+                   state_shardings: TrainState | None = None, mesh=None):
+  """The jitted GRPO update: step(state, batch) -> (state, metrics); `state` is donated.
+
+  Batch (B = N prompts x G samples, groups of G consecutive rows; T prompt + completion):
+    tokens: int32[B, T] prompt + completion (left-padded prompts are fine).
+    positions: int32[B, T] RoPE positions (0 at the first real token).
+    segment_ids: int32[B, T] 1 on real tokens, 0 on padding.
+    completion_mask: [B, T] 1 at position t iff the *target* tokens[t + 1] is a completion token
+      (so it is 0 at the last position and at the last prompt token's predecessor).
+    advantages: f32[B] (grpo.group_advantages).
+    old_logprobs: optional f32[B, T] pi_old(tokens[t + 1]) from the rollout. Without it the first
+      iteration uses stop_gradient of its own logprobs (ratio exactly 1) and later iterations reuse
+      those.
+    ref_logprobs: optional f32[B, T]; else computed from state.ref_params when kl_coef != 0.
+
+  Args:
+    num_iterations: the paper's mu, optimizer updates on this batch.
+    num_micro_batches: gradient accumulation steps per update (B must divide).
+    logits_chunk_size: time chunk of the LM head (None: whole micro-batch at once).
+    ref_update_every: refresh the reference every this many updates (0: never).
+    bias_update_rate: aux-loss-free balancing speed gamma (0: off).
+    group_size: G, only for the frac_reward_zero_std metric.
+    state_shardings, mesh: for a sharded step (train_state_shardings); batch arrays carry their own.
+  Metrics: loss, policy_loss, kl_loss, kl, entropy, clip_ratio/{low,high,region}_mean,
+    ratio/{mean,min,max}, advantages/{mean,std}, frac_reward_zero_std, grad_norm, learning_rate,
+    skipped (updates skipped for non-finite values this call), expert_load/<layer>/{min,max,entropy}
+    (averaged over iterations; ratio extremes are min / max over them).
+  """
+  if num_iterations < 1:
+    raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+  grad_fn = make_grpo_grad_fn(config, clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=kl_coef,
+                              loss_agg=loss_agg, num_micro_batches=num_micro_batches,
+                              logits_chunk_size=logits_chunk_size)
+
+  def one_update(state, batch, ref_lp, old_lp):
+    loss, grads, sums, lp, load = grad_fn(state.params, state.moe_bias, batch, ref_lp, old_lp)
+    state, metrics = apply_update(state, loss, grads, load, config=config, optimizer=optimizer,
+                                  schedule=schedule, bias_update_rate=bias_update_rate,
+                                  ref_update_every=ref_update_every)
+    metrics.update(grpo.finalize_metrics(sums))
+    return state, metrics, lp
+
+  def step(state: TrainState, batch: dict):
+    ref_lp = batch.get("ref_logprobs")
+    if kl_coef and ref_lp is None:
+      if state.ref_params is None:
+        raise ValueError("kl_coef != 0 needs state.ref_params (init_train_state(with_reference=True)) "
+                         "or batch['ref_logprobs']")
+      ref_lp = reference_logprobs(config, state.ref_params, state.moe_bias, batch,
+                                  num_micro_batches=num_micro_batches, logits_chunk_size=logits_chunk_size)
+    if not kl_coef:
+      ref_lp = None
+    old_lp = batch.get("old_logprobs")
+    state, metrics, lp0 = one_update(state, batch, ref_lp, old_lp)
+    if num_iterations > 1:
+      old_lp = lp0 if old_lp is None else old_lp
+
+      def body(s, _):
+        s, m, _ = one_update(s, batch, ref_lp, old_lp)
+        return s, m
+
+      state, rest = jax.lax.scan(body, state, None, length=num_iterations - 1)
+      metrics = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), metrics, rest)
+      metrics = {k: v.min() if k == "ratio/min" else v.max() if k == "ratio/max" else
+                 v.sum() if k == "skipped" else v.mean() for k, v in metrics.items()}
+    metrics.update(grpo.advantage_metrics(batch["advantages"]))
+    if group_size:
+      # group_advantages gives exactly 0 to every row of a zero-std group, and only to those.
+      zero = jnp.all(batch["advantages"].reshape(-1, group_size) == 0, axis=1)
+      metrics["frac_reward_zero_std"] = zero.astype(jnp.float32).mean()
+    return state, metrics
+
+  return _jit_step(step, state_shardings, mesh)
+
+
+# --- SFT ----------------------------------------------------------------------------------------
+
+
+def mtp_targets_and_masks(targets, loss_mask, segment_ids, depth: int):
+  """For each MTP depth k: targets int32[D, B, T] (token i + k + 2 = targets[i + k + 1]) and masks
+  f32[D, B, T] (that target is a response token in the same packed segment)."""
+  ys, ms = [], []
+  t = targets.shape[1]
+  for k in range(depth):
+    shift = k + 1
+    pad = lambda x: jnp.pad(x[:, shift:], ((0, 0), (0, min(shift, t))))[:, :t]
+    same = (pad(segment_ids) == segment_ids) & (segment_ids != 0)
+    ys.append(pad(targets))
+    ms.append(pad(jnp.asarray(loss_mask, jnp.float32)) * same)
+  return jnp.stack(ys), jnp.stack(ms)
+
+
+def make_sft_step(config: ModelConfig, optimizer, schedule, *, mtp_weight: float = 0.0, num_micro_batches: int = 1,
+                  logits_chunk_size: int | None = None, bias_update_rate: float = 0.001,
+                  state_shardings: TrainState | None = None, mesh=None):
+  """The jitted SFT update: step(state, batch) -> (state, metrics), masked next-token NLL on the
+  response tokens (token mean over the whole batch), plus mtp_weight / D * sum_k L_MTP^k (V3 eq. 25)
+  when mtp_weight > 0 and the config has MTP modules.
+
+  Batch (r1.data.pipeline.sft_dataset): inputs, targets, loss_mask, segment_ids, positions, all
+  int32[B, T]; targets[t] is the token after inputs[t], loss_mask 1 on response targets.
+  Metrics: loss, nll, mtp_nll (if used), entropy, grad_norm, learning_rate, skipped, expert load.
+  """
+  use_mtp = bool(mtp_weight) and config.num_nextn_predict_layers > 0
+  depth = config.num_nextn_predict_layers
+  sum_keys = ("nll", "tokens", "entropy") + (("mtp_nll",) if use_mtp else ())
+
+  def loss_fn(params, mb, moe_bias):
+    lp, ent, out = forward(config, params, moe_bias, mb["inputs"], mb["positions"], mb["segment_ids"],
+                           mb["targets"], chunk_size=logits_chunk_size, return_mtp=use_mtp)
+    m = jnp.asarray(mb["loss_mask"], jnp.float32)
+    nll = -jnp.sum(m * mb["weights"][:, None] * lp)
+    sums = {"nll": nll, "tokens": m.sum(), "entropy": jnp.sum(m * ent)}
+    loss = nll
+    if use_mtp:
+      mtp_lp, _ = grpo.logprobs_from_logits(out.mtp_logits, mb["mtp_targets"].swapaxes(0, 1))
+      w = (mb["mtp_masks"] * mb["mtp_weights"][..., None]).swapaxes(0, 1)  # [D, b, T]
+      sums["mtp_nll"] = -jnp.sum(w * mtp_lp) / depth
+      loss = loss + mtp_weight * sums["mtp_nll"]
+    return loss, (sums, jnp.zeros(lp.shape[:1]), out.expert_load)
+
+  def step(state: TrainState, batch: dict):
+    fields = {k: batch[k] for k in ("inputs", "targets", "loss_mask", "segment_ids", "positions")}
+    fields["weights"] = grpo.loss_weights(batch["loss_mask"], "token-mean")
+    if use_mtp:
+      ys, ms = mtp_targets_and_masks(batch["targets"], batch["loss_mask"], batch["segment_ids"], depth)
+      fields["mtp_targets"] = ys.swapaxes(0, 1)  # [B, D, T] so micro-batches split on axis 0
+      fields["mtp_masks"] = ms.swapaxes(0, 1)
+      fields["mtp_weights"] = jax.vmap(lambda m: grpo.loss_weights(m, "token-mean"), out_axes=1)(ms)
+    mbs = split_micro_batches(fields, num_micro_batches)
+    loss, grads, sums, _, load = accumulate_gradients(
+        lambda p, mb: loss_fn(p, mb, state.moe_bias), state.params, mbs, sum_keys)
+    state, metrics = apply_update(state, loss, grads, load, config=config, optimizer=optimizer, schedule=schedule,
+                                  bias_update_rate=bias_update_rate, ref_update_every=0, with_mtp=use_mtp)
+    metrics["nll"] = sums["nll"]
+    metrics["entropy"] = sums["entropy"] / jnp.maximum(sums["tokens"], 1.0)
+    metrics["num_tokens"] = sums["tokens"]
+    if use_mtp:
+      metrics["mtp_nll"] = sums["mtp_nll"]
+    return state, metrics
+
+  return _jit_step(step, state_shardings, mesh)
