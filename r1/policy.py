@@ -40,3 +40,16 @@ class Policy:
     if segment_ids is None:
       segment_ids = jnp.ones(tokens.shape, jnp.int32)
     return _logits_fn(self.config)(self.variables, tokens, positions, segment_ids)
+
+  def generate(self, prompts, lengths=None, *, num_samples: int = 1, max_new_tokens: int = 64,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_tokens=None, seed: int = 0,
+               mesh=None):
+    """G samples per prompt from the latent-cache sampler; see r1.sampling.generate.
+
+    Returns SampleOutput: tokens int32[B*G, N], logprobs f32[B*G, N], lengths int32[B*G],
+    mask bool[B*G, N], stopped bool[B*G]; rows grouped by prompt.
+    """
+    from r1 import sampling  # pylint: disable=g-import-not-at-top
+    return sampling.generate(self.config, self.variables, prompts, lengths, num_samples=num_samples,
+                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                             stop_tokens=stop_tokens, seed=seed, mesh=mesh)

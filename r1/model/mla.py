@@ -2,9 +2,10 @@
 
 Keys and values are compressed jointly into a latent c_kv of width kv_lora_rank (plus one RoPE key
 of width qk_rope_head_dim shared by all heads), so a decode cache holds only
-(kv_lora_rank + qk_rope_head_dim) numbers per token per layer. This module is the training /
-prefill form: it expands the latent into per-head keys and values. The sampler's absorbed decode
-form (r1/sampling.py) reuses `project_query` and `compress_kv` and the same parameters.
+(kv_lora_rank + qk_rope_head_dim) numbers per token per layer. `__call__` is the training /
+prefill form: it expands the latent into per-head keys and values. `decode` is the sampler's
+absorbed form: the key up-projection is folded into the query and the value up-projection into
+the output, so attention runs in the latent space and nothing is re-expanded per step.
 """
 
 import flax.linen as nn
@@ -82,7 +83,8 @@ class MLA(nn.Module):
     k_pe = layers.apply_rope(kv[..., c.kv_lora_rank:], cos, sin, c.rope_interleave)
     return c_kv, k_pe
 
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, return_kv: bool = False):
+    """Expanded attention; with return_kv also the latent cache entries (c_kv, k_pe)."""
     c = self.config
     cd = jnp.dtype(c.dtype)
     q_nope, q_pe = self.project_query(x, cos, sin)
@@ -97,4 +99,47 @@ class MLA(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(cd)
     out = jnp.einsum("bhts,bshv->bthv", probs, v)
     out = layers.constrain(out, ("batch", "length", "act_heads", None))
-    return jnp.einsum("bthv,hvd->btd", out, self.o_proj.astype(cd))
+    out = jnp.einsum("bthv,hvd->btd", out, self.o_proj.astype(cd))
+    return (out, (c_kv, k_pe)) if return_kv else out
+
+  def decode(self, x: Array, cos: Array, sin: Array, prompt_kv, prompt_mask: Array, sample_kv,
+             sample_mask: Array, write_index: Array):
+    """One absorbed decode step for G samples of each of B prompts.
+
+    The prompt's latent cache is stored once per prompt and shared by its G samples (prefix
+    sharing); each sample has its own cache for the tokens it generated.
+
+    Args:
+      x: [B, G, D] the new tokens' hidden states; cos, sin: [B, G, R/2] at their positions.
+      prompt_kv: (c_kv [B, P, L], k_pe [B, P, R]) with prompt_mask bool[B, P].
+      sample_kv: (c_kv [B, G, S, L], k_pe [B, G, S, R]); the new entry is written at write_index.
+      sample_mask: bool[B, G, S] the valid generated positions, the new one included.
+      write_index: int32 scalar.
+    Returns:
+      out [B, G, D] and the updated sample_kv.
+    """
+    c = self.config
+    cd = jnp.dtype(c.dtype)
+    q_nope, q_pe = self.project_query(x, cos, sin)                     # [B, G, H, *]
+    c_new, k_pe_new = self.compress_kv(x, cos, sin)                     # [B, G, L], [B, G, R]
+    c_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[0], c_new[:, :, None].astype(sample_kv[0].dtype),
+                                                write_index, axis=2)
+    k_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[1], k_pe_new[:, :, None].astype(sample_kv[1].dtype),
+                                                write_index, axis=2)
+    c_prompt, k_prompt = prompt_kv
+    w_kv = self.kv_b_proj.astype(cd)
+    w_uk, w_uv = w_kv[..., :c.qk_nope_head_dim], w_kv[..., c.qk_nope_head_dim:]
+    q_latent = jnp.einsum("bghk,rhk->bghr", q_nope, w_uk)               # key up-projection absorbed
+    scale = layers.softmax_scale(c)
+    s_prompt = (jnp.einsum("bghr,bpr->bghp", q_latent, c_prompt.astype(cd))
+                + jnp.einsum("bghk,bpk->bghp", q_pe, k_prompt.astype(cd))).astype(jnp.float32) * scale
+    s_gen = (jnp.einsum("bghr,bgsr->bghs", q_latent, c_gen.astype(cd))
+             + jnp.einsum("bghk,bgsk->bghs", q_pe, k_gen.astype(cd))).astype(jnp.float32) * scale
+    s_prompt = jnp.where(prompt_mask[:, None, None, :], s_prompt, MASK_VALUE)
+    s_gen = jnp.where(sample_mask[:, :, None, :], s_gen, MASK_VALUE)
+    probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_gen], axis=-1), axis=-1).astype(cd)
+    p_prompt, p_gen = probs[..., :s_prompt.shape[-1]], probs[..., s_prompt.shape[-1]:]
+    ctx = (jnp.einsum("bghp,bpr->bghr", p_prompt, c_prompt.astype(cd))
+           + jnp.einsum("bghs,bgsr->bghr", p_gen, c_gen.astype(cd)))      # attention in latent space
+    out = jnp.einsum("bghr,rhv->bghv", ctx, w_uv)                       # value up-projection absorbed
+    return jnp.einsum("bghv,hvd->bgd", out, self.o_proj.astype(cd)), (c_gen, k_gen)

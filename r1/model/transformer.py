@@ -23,11 +23,13 @@ Array = jax.Array
 class ModelOutput:
   """logits f32[B, T, V] (None if not asked for); hidden [B, T, D] after the final norm;
   expert_load int32[L_moe, E] tokens routed to each expert per MoE layer;
-  mtp_logits f32[D_mtp, B, T, V] where depth k (0-based) at position i predicts token i + k + 2."""
+  mtp_logits f32[D_mtp, B, T, V] where depth k (0-based) at position i predicts token i + k + 2;
+  latent_kv: per layer (c_kv [B, T, kv_lora], k_pe [B, T, rope]) when asked for (prefill)."""
   logits: Array | None
   hidden: Array
   expert_load: Array
   mtp_logits: Array | None = None
+  latent_kv: tuple | None = None
 
 
 class DecoderLayer(nn.Module):
@@ -35,18 +37,34 @@ class DecoderLayer(nn.Module):
   config: ModelConfig
   moe: bool
 
-  @nn.compact
-  def __call__(self, x, cos, sin, mask, token_mask):
+  def setup(self):
     c = self.config
-    h = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="input_layernorm")(x)
-    x = x + MLA(c, name="self_attn")(h, cos, sin, mask).astype(x.dtype)
-    h = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="post_attention_layernorm")(x)
+    self.input_layernorm = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype)
+    self.self_attn = MLA(c)
+    self.post_attention_layernorm = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype)
+    self.mlp = MoE(c) if self.moe else layers.SwiGLU(c.intermediate_size, c.dtype, c.param_dtype)
+
+  def _ffn(self, x, token_mask):
+    h = self.post_attention_layernorm(x)
     if self.moe:
-      y, load = MoE(c, name="mlp")(h, token_mask)
+      y, load = self.mlp(h, token_mask)
     else:
-      y, load = layers.SwiGLU(c.intermediate_size, c.dtype, c.param_dtype, name="mlp")(h), None
-    x = x + y.astype(x.dtype)
-    return layers.constrain(x, ("batch", "length", "act_embed")), load
+      y, load = self.mlp(h), None
+    return x + y.astype(x.dtype), load
+
+  def __call__(self, x, cos, sin, mask, token_mask, return_kv: bool = False):
+    """x [B, T, D] -> (x, expert load int32[E] or None, latent kv or None)."""
+    attn = self.self_attn(self.input_layernorm(x), cos, sin, mask, return_kv=return_kv)
+    attn, kv = attn if return_kv else (attn, None)
+    x, load = self._ffn(x + attn.astype(x.dtype), token_mask)
+    return layers.constrain(x, ("batch", "length", "act_embed")), load, kv
+
+  def decode(self, x, cos, sin, prompt_kv, prompt_mask, sample_kv, sample_mask, write_index):
+    """One absorbed-MLA decode step, x [B, G, D] -> (x, updated sample kv); see MLA.decode."""
+    attn, sample_kv = self.self_attn.decode(self.input_layernorm(x), cos, sin, prompt_kv, prompt_mask, sample_kv,
+                                            sample_mask, write_index)
+    x, _ = self._ffn(x + attn.astype(x.dtype), jnp.ones(x.shape[:2], bool))
+    return x, sample_kv
 
 
 class MTPModule(nn.Module):
@@ -63,7 +81,7 @@ class MTPModule(nn.Module):
     eh = layers.param_with_axes(self, "eh_proj", (2 * c.hidden_size, c.hidden_size), ("mlp", "embed"),
                                 dtype=jnp.dtype(c.param_dtype))
     x = jnp.concatenate([e, h], axis=-1) @ eh.astype(e.dtype)
-    x, load = DecoderLayer(c, c.is_moe_layer(self.layer_index), name="block")(x, cos, sin, mask, token_mask)
+    x, load, _ = DecoderLayer(c, c.is_moe_layer(self.layer_index), name="block")(x, cos, sin, mask, token_mask)
     return x, layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype, name="final_norm")(x), load
 
 
@@ -97,7 +115,7 @@ class Transformer(nn.Module):
     return jnp.einsum("...d,dv->...v", hidden.astype(cd), w.astype(cd), preferred_element_type=jnp.float32)
 
   def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None, *,
-               return_logits: bool = True, return_mtp: bool = False) -> ModelOutput:
+               return_logits: bool = True, return_mtp: bool = False, return_kv: bool = False) -> ModelOutput:
     c = self.config
     b, t = tokens.shape
     if positions is None:
@@ -109,9 +127,10 @@ class Transformer(nn.Module):
     cos, sin = layers.rope_cos_sin(positions, c)
 
     x = self.embed(tokens)
-    loads = []
+    loads, latent_kv = [], []
     for layer in self.layers:
-      x, load = layer(x, cos, sin, mask, token_mask)
+      x, load, kv = layer(x, cos, sin, mask, token_mask, return_kv)
+      latent_kv.append(kv)
       if load is not None:
         loads.append(load)
     hidden = self.norm(x)
@@ -130,4 +149,27 @@ class Transformer(nn.Module):
     e = c.n_routed_experts or 1
     expert_load = jnp.stack(loads) if loads else jnp.zeros((0, e), jnp.int32)
     return ModelOutput(logits=self.head(hidden) if return_logits else None, hidden=hidden,
-                       expert_load=expert_load, mtp_logits=mtp_logits)
+                       expert_load=expert_load, mtp_logits=mtp_logits,
+                       latent_kv=tuple(latent_kv) if return_kv else None)
+
+  def decode(self, tokens: Array, positions: Array, prompt_kv, prompt_mask: Array, sample_kv,
+             sample_mask: Array, write_index: Array):
+    """One decode step for G samples per prompt on the latent cache (absorbed MLA).
+
+    Args:
+      tokens, positions: int32[B, G] the newest token of each sample and its position.
+      prompt_kv: per layer (c_kv [B, P, L], k_pe [B, P, R]), shared by a prompt's G samples.
+      prompt_mask: bool[B, P] real (non-padding) prompt tokens.
+      sample_kv: per layer (c_kv [B, G, S, L], k_pe [B, G, S, R]) for generated tokens.
+      sample_mask: bool[B, G, S] generated positions to attend to (the one written now included).
+      write_index: int32 scalar, where this step's entry goes in sample_kv.
+    Returns:
+      logits f32[B, G, V] for the next token, and the updated sample_kv.
+    """
+    cos, sin = layers.rope_cos_sin(positions, self.config)
+    x = self.embed(tokens)
+    new_kv = []
+    for layer, p_kv, s_kv in zip(self.layers, prompt_kv, sample_kv):
+      x, s_kv = layer.decode(x, cos, sin, p_kv, prompt_mask, s_kv, sample_mask, write_index)
+      new_kv.append(s_kv)
+    return self.head(self.norm(x)), tuple(new_kv)
