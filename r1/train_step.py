@@ -57,8 +57,9 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: 
     decay = optax.linear_schedule(learning_rate, learning_rate * end_factor, max(decay_steps - warmup_steps, 1))
   else:
     raise ValueError(f"schedule={schedule!r}: expected cosine, linear or constant")
-  lr = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay],
-                            [warmup_steps]) if warmup_steps else decay
+  # Warmup reaches lr at update warmup_steps - 1 and starts at lr / warmup_steps, not 0 (a wasted update).
+  warmup = optax.linear_schedule(learning_rate / max(warmup_steps, 1), learning_rate, max(warmup_steps - 1, 1))
+  lr = optax.join_schedules([warmup, decay], [warmup_steps]) if warmup_steps else decay
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   tx = optax.chain(
       optax.clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),
@@ -205,7 +206,7 @@ def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimiz
                  bias_update_rate, ref_update_every, with_mtp=False):
   """Optimizer + balancing-bias update + reference refresh; a non-finite loss or gradient leaves
   the state unchanged except skipped_steps. Returns (state, metrics)."""
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -219,7 +220,7 @@ def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimiz
                             moe_bias=update_moe_bias(state.moe_bias, expert_load, config, bias_update_rate, with_mtp))
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), candidate, state)
   new = new.replace(skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
-  metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+  metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
              "skipped": (~finite).astype(jnp.float32)}
   metrics.update(expert_load_metrics(expert_load, config, with_mtp))
   return new, metrics
