@@ -70,9 +70,12 @@ class DecodeState:
   rng: Array
 
 
-def cache_bytes_per_token(config: ModelConfig) -> int:
-  """Latent cache size per token: (kv_lora_rank + qk_rope_head_dim) x layers x dtype bytes."""
-  return (config.kv_lora_rank + config.qk_rope_head_dim) * config.num_hidden_layers * jnp.dtype(config.dtype).itemsize
+def cache_bytes_per_token(config: ModelConfig, absorb: bool = True) -> int:
+  """Cache size per token: (kv_lora_rank + qk_rope_head_dim) x layers x dtype bytes for the
+  latent cache; H x (qk_head_dim + v_head_dim) x layers x dtype bytes expanded."""
+  c = config
+  width = c.kv_lora_rank + c.qk_rope_head_dim if absorb else c.num_attention_heads * (c.qk_head_dim + c.v_head_dim)
+  return width * c.num_hidden_layers * jnp.dtype(c.dtype).itemsize
 
 
 def bucket_length(length: int, buckets=PROMPT_BUCKETS) -> int:
@@ -145,6 +148,7 @@ class _Program:
   num_samples: int
   max_new_tokens: int
   stop_tokens: tuple[int, ...]
+  absorb: bool = True
 
 
 @functools.lru_cache(maxsize=64)
@@ -165,6 +169,12 @@ def _prefill_fn(config: ModelConfig):
 
 
 @functools.lru_cache(maxsize=64)
+def _expand_fn(config: ModelConfig):
+  model = Transformer(config)
+  return jax.jit(lambda variables, kv: model.apply(variables, kv, method=Transformer.expand_prompt_cache))
+
+
+@functools.lru_cache(maxsize=64)
 def _decode_fn(program: _Program):
   config, g, n = program.config, program.num_samples, program.max_new_tokens
   model = Transformer(config)
@@ -182,7 +192,7 @@ def _decode_fn(program: _Program):
     sample_mask = jnp.broadcast_to(jnp.arange(n) <= state.step, (*done.shape, n))
     positions = (prompt_lengths[:, None] + state.step).astype(jnp.int32) * jnp.ones_like(token)
     logits, sample_kv = model.apply(variables, token, positions, prompt_kv, prompt_mask, state.sample_kv,
-                                    sample_mask, state.step, method=Transformer.decode)
+                                    sample_mask, state.step, program.absorb, method=Transformer.decode)
     return DecodeState(step=state.step + 1, tokens=tokens, logprobs=logprobs, done=done, lengths=lengths,
                        logits=logits, sample_kv=sample_kv, rng=rng)
 
@@ -198,13 +208,16 @@ def _decode_fn(program: _Program):
 
 
 def initial_state(config: ModelConfig, first_logits: Array, num_samples: int, max_new_tokens: int,
-                  seed: int) -> DecodeState:
+                  seed: int, absorb: bool = True) -> DecodeState:
   """Empty per-sample caches and outputs; each sample starts from its prompt's prefill logits."""
   b, v = first_logits.shape
   g, n = num_samples, max_new_tokens
   dt = jnp.dtype(config.dtype)
-  kv = tuple((jnp.zeros((b, g, n, config.kv_lora_rank), dt), jnp.zeros((b, g, n, config.qk_rope_head_dim), dt))
-             for _ in range(config.num_hidden_layers))
+  if absorb:
+    widths = ((config.kv_lora_rank,), (config.qk_rope_head_dim,))
+  else:
+    widths = ((config.num_attention_heads, config.qk_head_dim), (config.num_attention_heads, config.v_head_dim))
+  kv = tuple(tuple(jnp.zeros((b, g, n) + w, dt) for w in widths) for _ in range(config.num_hidden_layers))
   return DecodeState(step=jnp.zeros((), jnp.int32), tokens=jnp.zeros((b, g, n), jnp.int32),
                      logprobs=jnp.zeros((b, g, n), jnp.float32), done=jnp.zeros((b, g), bool),
                      lengths=jnp.zeros((b, g), jnp.int32),
@@ -214,7 +227,7 @@ def initial_state(config: ModelConfig, first_logits: Array, num_samples: int, ma
 
 def generate(config: ModelConfig, variables, prompts, lengths=None, *, num_samples: int = 1,
              max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             stop_tokens=None, seed: int = 0, buckets=PROMPT_BUCKETS, mesh=None) -> SampleOutput:
+             stop_tokens=None, seed: int = 0, buckets=PROMPT_BUCKETS, mesh=None, absorb: bool = True) -> SampleOutput:
   """Samples `num_samples` completions for each prompt; see the module docstring.
 
   Args:
@@ -225,6 +238,8 @@ def generate(config: ModelConfig, variables, prompts, lengths=None, *, num_sampl
     seed: PRNG seed; the same seed gives the same tokens.
     mesh: when the variables are sharded on a mesh, the prompts are split over its batch axes and
       the programs run under the model's logical-axis rules.
+    absorb: True (default) decodes on the latent cache with absorbed MLA; False expands the cache
+      into per-head keys and values (H * (qk_head + v_head) per token), a baseline for benchmarks.
   Returns:
     SampleOutput with rows [B * G] grouped by prompt.
   """
@@ -239,8 +254,10 @@ def generate(config: ModelConfig, variables, prompts, lengths=None, *, num_sampl
     tokens, mask = place(tokens), place(mask)
     prompt_lengths = mask.sum(axis=1).astype(jnp.int32)
     prompt_kv, first_logits = _prefill_fn(config)(variables, tokens, mask)
-    program = _Program(config, num_samples, max_new_tokens, tuple(int(t) for t in (stop_tokens or ())))
-    state = initial_state(config, first_logits, num_samples, max_new_tokens, seed)
+    if not absorb:
+      prompt_kv = _expand_fn(config)(variables, prompt_kv)
+    program = _Program(config, num_samples, max_new_tokens, tuple(int(t) for t in (stop_tokens or ())), absorb)
+    state = initial_state(config, first_logits, num_samples, max_new_tokens, seed, absorb)
     state = _decode_fn(program)(variables, prompt_kv, mask, prompt_lengths,
                                 jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), state)
   n_rows = b * num_samples

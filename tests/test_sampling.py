@@ -150,6 +150,16 @@ def test_cache_bytes_per_token():
   c = get_model_config("deepseek_v3")
   assert sampling.cache_bytes_per_token(c) == (512 + 64) * 61 * 4
   assert sampling.cache_bytes_per_token(c.replace(dtype="bfloat16")) == (512 + 64) * 61 * 2
+  assert sampling.cache_bytes_per_token(c, absorb=False) == 128 * (192 + 128) * 61 * 4
+
+
+def test_expanded_cache_decode_equals_absorbed():
+  policy = r1.load_hf_checkpoint(os.path.join(FIXTURES, "v3_qlora_yarn_groups"))
+  kwargs = dict(num_samples=2, max_new_tokens=6, temperature=1.0, seed=4)
+  latent = sampling.generate(policy.config, policy.variables, [[5, 6, 7], [8, 9]], **kwargs)
+  expanded = sampling.generate(policy.config, policy.variables, [[5, 6, 7], [8, 9]], absorb=False, **kwargs)
+  np.testing.assert_array_equal(latent.tokens, expanded.tokens)
+  np.testing.assert_allclose(latent.logprobs, expanded.logprobs, atol=1e-5)
 
 
 def test_array_prompts_with_lengths_equal_list_prompts(tiny_policy):

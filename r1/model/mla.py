@@ -102,6 +102,42 @@ class MLA(nn.Module):
     out = jnp.einsum("bthv,hvd->btd", out, self.o_proj.astype(cd))
     return (out, (c_kv, k_pe)) if return_kv else out
 
+  def expand_kv(self, c_kv: Array, k_pe: Array) -> tuple[Array, Array]:
+    """Latent cache -> per-head keys [..., H, qk_head] and values [..., H, v_head] (MHA layout)."""
+    c = self.config
+    cd = jnp.dtype(c.dtype)
+    kv = jnp.einsum("...r,rhk->...hk", c_kv.astype(cd), self.kv_b_proj.astype(cd))
+    k_nope, v = kv[..., :c.qk_nope_head_dim], kv[..., c.qk_nope_head_dim:]
+    k_pe = jnp.broadcast_to(k_pe[..., None, :].astype(cd), k_nope.shape[:-1] + (c.qk_rope_head_dim,))
+    return jnp.concatenate([k_nope, k_pe], axis=-1), v
+
+  def decode_expanded(self, x: Array, cos: Array, sin: Array, prompt_kv, prompt_mask: Array, sample_kv,
+                      sample_mask: Array, write_index: Array):
+    """`decode` on an expanded cache of per-head keys and values (the non-absorbed baseline).
+
+    prompt_kv: (k [B, P, H, qk_head], v [B, P, H, v_head]); sample_kv: (k [B, G, S, H, qk_head],
+    v [B, G, S, H, v_head]). H * (qk_head + v_head) values per token instead of L + R.
+    """
+    c = self.config
+    cd = jnp.dtype(c.dtype)
+    q_nope, q_pe = self.project_query(x, cos, sin)
+    q = jnp.concatenate([q_nope, q_pe], axis=-1)                          # [B, G, H, qk]
+    k_new, v_new = self.expand_kv(*self.compress_kv(x, cos, sin))
+    k_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[0], k_new[:, :, None].astype(sample_kv[0].dtype),
+                                                write_index, axis=2)
+    v_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[1], v_new[:, :, None].astype(sample_kv[1].dtype),
+                                                write_index, axis=2)
+    scale = layers.softmax_scale(c)
+    s_prompt = jnp.einsum("bghk,bphk->bghp", q, prompt_kv[0].astype(cd)).astype(jnp.float32) * scale
+    s_gen = jnp.einsum("bghk,bgshk->bghs", q, k_gen.astype(cd)).astype(jnp.float32) * scale
+    s_prompt = jnp.where(prompt_mask[:, None, None, :], s_prompt, MASK_VALUE)
+    s_gen = jnp.where(sample_mask[:, :, None, :], s_gen, MASK_VALUE)
+    probs = jax.nn.softmax(jnp.concatenate([s_prompt, s_gen], axis=-1), axis=-1).astype(cd)
+    p_prompt, p_gen = probs[..., :s_prompt.shape[-1]], probs[..., s_prompt.shape[-1]:]
+    out = (jnp.einsum("bghp,bphv->bghv", p_prompt, prompt_kv[1].astype(cd))
+           + jnp.einsum("bghs,bgshv->bghv", p_gen, v_gen.astype(cd)))
+    return jnp.einsum("bghv,hvd->bgd", out, self.o_proj.astype(cd)), (k_gen, v_gen)
+
   def decode(self, x: Array, cos: Array, sin: Array, prompt_kv, prompt_mask: Array, sample_kv,
              sample_mask: Array, write_index: Array):
     """One absorbed decode step for G samples of each of B prompts.

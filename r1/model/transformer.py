@@ -59,10 +59,11 @@ class DecoderLayer(nn.Module):
     x, load = self._ffn(x + attn.astype(x.dtype), token_mask)
     return layers.constrain(x, ("batch", "length", "act_embed")), load, kv
 
-  def decode(self, x, cos, sin, prompt_kv, prompt_mask, sample_kv, sample_mask, write_index):
-    """One absorbed-MLA decode step, x [B, G, D] -> (x, updated sample kv); see MLA.decode."""
-    attn, sample_kv = self.self_attn.decode(self.input_layernorm(x), cos, sin, prompt_kv, prompt_mask, sample_kv,
-                                            sample_mask, write_index)
+  def decode(self, x, cos, sin, prompt_kv, prompt_mask, sample_kv, sample_mask, write_index, absorb=True):
+    """One decode step, x [B, G, D] -> (x, updated sample kv); see MLA.decode / decode_expanded."""
+    attend = self.self_attn.decode if absorb else self.self_attn.decode_expanded
+    attn, sample_kv = attend(self.input_layernorm(x), cos, sin, prompt_kv, prompt_mask, sample_kv, sample_mask,
+                             write_index)
     x, _ = self._ffn(x + attn.astype(x.dtype), jnp.ones(x.shape[:2], bool))
     return x, sample_kv
 
@@ -152,9 +153,15 @@ class Transformer(nn.Module):
                        expert_load=expert_load, mtp_logits=mtp_logits,
                        latent_kv=tuple(latent_kv) if return_kv else None)
 
+  def expand_prompt_cache(self, latent_kv):
+    """Per layer (c_kv, k_pe) -> per layer (k [..., H, qk_head], v [..., H, v_head])."""
+    return tuple(layer.self_attn.expand_kv(*kv) for layer, kv in zip(self.layers, latent_kv))
+
   def decode(self, tokens: Array, positions: Array, prompt_kv, prompt_mask: Array, sample_kv,
-             sample_mask: Array, write_index: Array):
+             sample_mask: Array, write_index: Array, absorb: bool = True):
     """One decode step for G samples per prompt on the latent cache (absorbed MLA).
+
+    With absorb=False the caches hold expanded per-head keys and values instead (a baseline).
 
     Args:
       tokens, positions: int32[B, G] the newest token of each sample and its position.
@@ -170,6 +177,6 @@ class Transformer(nn.Module):
     x = self.embed(tokens)
     new_kv = []
     for layer, p_kv, s_kv in zip(self.layers, prompt_kv, sample_kv):
-      x, s_kv = layer.decode(x, cos, sin, p_kv, prompt_mask, s_kv, sample_mask, write_index)
+      x, s_kv = layer.decode(x, cos, sin, p_kv, prompt_mask, s_kv, sample_mask, write_index, absorb)
       new_kv.append(s_kv)
     return self.head(self.norm(x)), tuple(new_kv)
