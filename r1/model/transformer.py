@@ -96,7 +96,8 @@ class Transformer(nn.Module):
       raise ValueError("hidden_size and qk_rope_head_dim must be even")
     self.embed_tokens = layers.param_with_axes(self, "embed_tokens", (c.vocab_size, c.hidden_size),
                                                ("vocab", "embed"), dtype=jnp.dtype(c.param_dtype))
-    block = nn.remat(DecoderLayer) if c.remat == "full" else DecoderLayer
+    # return_kv (argument 6, counting self) is a Python bool.
+    block = nn.remat(DecoderLayer, static_argnums=(6,)) if c.remat == "full" else DecoderLayer
     self.layers = [block(c, c.is_moe_layer(i), name=f"layers_{i}") for i in range(c.num_hidden_layers)]
     self.norm = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype)
     if not c.tie_word_embeddings:

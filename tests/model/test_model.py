@@ -161,3 +161,17 @@ def test_bfloat16_compute_keeps_float32_logits():
   assert out.logits.dtype == jnp.float32 and out.hidden.dtype == jnp.bfloat16
   ref = _forward(c.replace(dtype="float32"), v, jnp.ones((1, 4), jnp.int32))
   assert np.abs(np.asarray(out.logits - ref.logits)).max() < 0.05
+
+
+def test_remat_gives_the_same_logits_and_gradients():
+  c = get_model_config("tiny_v3")
+  v = init_variables(c, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, c.vocab_size)
+
+  def loss(config):
+    return jax.jit(jax.value_and_grad(lambda v: Transformer(config).apply(v, tokens).logits.std()))(v)
+
+  (l0, g0), (l1, g1) = loss(c), loss(c.replace(remat="full"))
+  assert float(l0) == float(l1)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-7)
