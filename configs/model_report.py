@@ -17,10 +17,14 @@ def get_config(arg: str | None = None):
   config.stage = "model_report"
   config.seed = 0
 
-  # Model: a name from r1/model/configs.py, plus field overrides (e.g. dtype="bfloat16").
+  # Model: a name from r1/model/configs.py, plus ModelConfig field overrides. Command-line
+  # overrides need the key to exist, so the usual ones are listed with their defaults.
   config.model = ml_collections.ConfigDict()
   config.model.name = arg or "tiny_v3"
   config.model.overrides = ml_collections.ConfigDict()
+  config.model.overrides.dtype = "float32"     # activations / matmuls; "bfloat16" on TPU
+  config.model.overrides.moe_impl = "einsum"   # "ragged" (grouped GEMM) on TPU/GPU
+  config.model.overrides.remat = "none"
 
   # Where the weights come from: random init unless a local HF checkpoint directory is given.
   config.init = ml_collections.ConfigDict()
