@@ -109,13 +109,55 @@ def pad_prompts(prompts, lengths=None, buckets=PROMPT_BUCKETS) -> tuple[np.ndarr
   return tokens, mask
 
 
+def _largest_threshold(values: Array, satisfied, iterations: int = 48) -> Array:
+  """Per row, the largest t in [0, max(values)] with satisfied(values >= t), by bisection.
+
+  values: f32[..., V] >= 0; satisfied: bool[..., V] mask -> bool[...] (monotone: true at t = 0).
+  Replaces a vocabulary sort (~40x slower on CPU for a 32k vocabulary) for top-k and top-p.
+  """
+  lo = jnp.zeros(values.shape[:-1], values.dtype)
+  hi = values.max(axis=-1) * (1 + 1e-6) + 1e-30
+
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = (lo + hi) / 2
+    ok = satisfied(values >= mid[..., None])
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+  return jax.lax.fori_loop(0, iterations, step, (lo, hi))[0]
+
+
+def _sample_inverse_cdf(rng: Array, probs: Array, block: int = 256) -> Array:
+  """One draw per row from probs f32[..., V] with one uniform per row.
+
+  Two-level inverse CDF (block sums, then within the block) keeps float32 cumulative sums short
+  and exact to ~1e-7; a zero-probability token is never returned. Gumbel-max would need V random
+  numbers per row per step, which on CPU costs more than a small model's forward.
+  """
+  v = probs.shape[-1]
+  nb = -(-v // block)
+  p = jnp.pad(probs, [(0, 0)] * (probs.ndim - 1) + [(0, nb * block - v)]).reshape(*probs.shape[:-1], nb, block)
+  block_mass = p.sum(-1)
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  u = jax.random.uniform(rng, probs.shape[:-1]) * block_cdf[..., -1]
+  b = jnp.minimum(jnp.sum(block_cdf <= u[..., None], axis=-1), nb - 1)
+  # Rounding can push u past the last non-empty block: take the last block with mass instead.
+  last_nonempty = nb - 1 - jnp.argmax(jnp.flip(block_mass > 0, axis=-1), axis=-1)
+  b = jnp.minimum(b, last_nonempty)
+  u = u - (jnp.take_along_axis(block_cdf, b[..., None], -1) - jnp.take_along_axis(block_mass, b[..., None], -1))[..., 0]
+  within = jnp.take_along_axis(p, b[..., None, None], axis=-2)[..., 0, :]
+  i = jnp.sum(jnp.cumsum(within, axis=-1) <= u[..., None], axis=-1)
+  last_positive = block - 1 - jnp.argmax(jnp.flip(within > 0, axis=-1), axis=-1)
+  return (b * block + jnp.minimum(i, last_positive)).astype(jnp.int32)
+
+
 def sample_token(logits: Array, rng: Array, temperature: Array, top_k: Array, top_p: Array) -> tuple[Array, Array]:
   """Draws one token per row.
 
   Args:
     logits: f32[..., V]. temperature: scalar (0 = greedy). top_k: int scalar (0 = off).
     top_p: scalar in (0, 1] (1 = off); the nucleus is the smallest set of most likely tokens whose
-      probability reaches top_p, renormalised.
+      probability reaches top_p (after top-k), renormalised. Ties at a boundary are kept.
   Returns:
     token int32[...] and its log-probability under log_softmax(logits / temperature) (untruncated).
   """
@@ -123,20 +165,19 @@ def sample_token(logits: Array, rng: Array, temperature: Array, top_k: Array, to
   greedy = temperature <= 0
   scaled = logits / jnp.where(greedy, 1.0, temperature)
   logprobs = jax.nn.log_softmax(scaled, axis=-1)
-  v = logits.shape[-1]
-  sorted_desc = -jnp.sort(-scaled, axis=-1)
-  # top-k: keep logits >= the k-th largest (ties at the boundary are kept).
-  kth_index = jnp.full(scaled.shape[:-1] + (1,), jnp.clip(top_k - 1, 0, v - 1), jnp.int32)
-  kth = jnp.take_along_axis(sorted_desc, kth_index, axis=-1)
-  keep = jnp.where(top_k > 0, scaled >= kth, True)
-  # top-p over the (top-k filtered) distribution: keep tokens whose preceding mass is < top_p.
-  filtered_sorted = jnp.where(jnp.arange(v) < jnp.where(top_k > 0, top_k, v), sorted_desc, -jnp.inf)
-  probs_sorted = jax.nn.softmax(filtered_sorted, axis=-1)
-  preceding = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
-  cutoff_count = jnp.maximum(jnp.sum(preceding < top_p, axis=-1), 1)
-  threshold = jnp.take_along_axis(sorted_desc, (cutoff_count - 1)[..., None], axis=-1)
-  keep &= scaled >= threshold
-  sampled = jax.random.categorical(rng, jnp.where(keep, scaled, -jnp.inf), axis=-1)
+  probs = jnp.exp(logprobs)
+
+  def truncated(probs):
+    kth = _largest_threshold(probs, lambda keep: keep.sum(-1) >= top_k)
+    probs = jnp.where((top_k > 0) & (probs < kth[..., None]), 0.0, probs)
+    probs = probs / probs.sum(-1, keepdims=True)
+    nucleus = _largest_threshold(probs, lambda keep: jnp.where(keep, probs, 0.0).sum(-1) >= top_p)
+    return jnp.where(probs >= nucleus[..., None], probs, 0.0)
+
+  # Filtering costs a few passes over the vocabulary: skip it when no filter is on (the GRPO
+  # rollout setting, top_p = 1 and top_k = 0).
+  filtering = (top_k > 0) | (top_p < 1.0)
+  sampled = _sample_inverse_cdf(rng, jax.lax.cond(filtering, truncated, lambda p: p, probs))
   token = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
   return token, jnp.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0]
 
