@@ -144,31 +144,30 @@ def _edit_config(path, **changes):
     json.dump(config, f)
 
 
-def test_missing_tensor_is_named(tmp_path):
+def _with_tensors(tmp_path, edit):
+  """A copy of the V2 fixture whose tensors dict went through `edit` (in place)."""
   dst = _copy_checkpoint(V2, str(tmp_path / "ckpt"))
   src = safetensors_io.SafetensorsFile(os.path.join(V2, "model.safetensors"))
-  tensors = {k: np.asarray(src.get(k)) for k in src.keys() if k != "model.layers.2.mlp.experts.5.up_proj.weight"}
+  tensors = {k: np.asarray(src.get(k)) for k in src.keys()}
+  edit(tensors)
   safetensors_io.save_file(tensors, os.path.join(dst, "model.safetensors"))
+  return dst
+
+
+def test_missing_tensor_is_named(tmp_path):
+  dst = _with_tensors(tmp_path, lambda t: t.pop("model.layers.2.mlp.experts.5.up_proj.weight"))
   with pytest.raises(hf.CheckpointError, match=r"missing tensor model\.layers\.2\.mlp\.experts\.5\.up_proj\.weight"):
     r1.load_hf_checkpoint(dst)
 
 
 def test_wrong_shape_is_named(tmp_path):
-  dst = _copy_checkpoint(V2, str(tmp_path / "ckpt"))
-  src = safetensors_io.SafetensorsFile(os.path.join(V2, "model.safetensors"))
-  tensors = {k: np.asarray(src.get(k)) for k in src.keys()}
-  tensors["model.norm.weight"] = np.ones(63, np.float32)
-  safetensors_io.save_file(tensors, os.path.join(dst, "model.safetensors"))
+  dst = _with_tensors(tmp_path, lambda t: t.update({"model.norm.weight": np.ones(63, np.float32)}))
   with pytest.raises(hf.CheckpointError, match=r"model\.norm\.weight.*\(63,\) != expected \(64,\)"):
     r1.load_hf_checkpoint(dst)
 
 
 def test_unexpected_tensor_is_named(tmp_path):
-  dst = _copy_checkpoint(V2, str(tmp_path / "ckpt"))
-  src = safetensors_io.SafetensorsFile(os.path.join(V2, "model.safetensors"))
-  tensors = {k: np.asarray(src.get(k)) for k in src.keys()}
-  tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)
-  safetensors_io.save_file(tensors, os.path.join(dst, "model.safetensors"))
+  dst = _with_tensors(tmp_path, lambda t: t.update({"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4)}))
   with pytest.raises(hf.CheckpointError, match=r"does not know.*rotary_emb\.inv_freq"):
     r1.load_hf_checkpoint(dst)
 
