@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 REWARDS = {
+    "accuracy": "r1.rewards.accuracy:accuracy_reward",
     "math": "r1.rewards.math:math_reward",
     "format": "r1.rewards.format:format_reward",
     "format_lenient": "r1.rewards.format:lenient_format_reward",
