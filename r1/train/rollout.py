@@ -1,0 +1,70 @@
+"""From sampled completions to a GRPO batch: token layout, masks, texts and rewards.
+
+The sampler returns completions [B*G, N] for left-padded prompts [B, P]; the trainer wants one
+sequence per row, prompt then completion, with the logprob at position t scoring token t + 1:
+
+  tokens          [pad .. pad p_0 .. p_{P'-1} | c_0 .. c_{N-1}]         int32[B*G, P + N]
+  segment_ids     1 on real prompt tokens and on generated tokens (mask), 0 elsewhere
+  positions       0 at the first real token, counting through the completion
+  completion_mask 1 at position P - 1 + j iff c_j was generated (its target is c_j)
+  old_logprobs    the sampler's logprob of c_j at that same position
+
+Rows stay grouped by prompt (row b * G + g), as `grpo.group_advantages` expects.
+"""
+
+import numpy as np
+
+from r1.rewards import registry
+
+
+def grpo_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completions: np.ndarray,
+               completion_mask: np.ndarray, completion_logprobs: np.ndarray | None, num_samples: int) -> dict:
+  """Lays out a GRPO batch (numpy) from left-padded prompts and their G completions each.
+
+  Args:
+    prompt_tokens: int32[B, P] left-padded; prompt_mask: bool[B, P].
+    completions: int32[B*G, N]; completion_mask: bool[B*G, N] (generated tokens, stop included).
+    completion_logprobs: f32[B*G, N] from the sampler (at temperature 1 these are the old-policy
+      logprobs), or None.
+    num_samples: G.
+  Returns:
+    {"tokens", "positions", "segment_ids", "completion_mask", "old_logprobs"?} arrays [B*G, P + N].
+  """
+  g = num_samples
+  p = prompt_tokens.shape[1]
+  n = completions.shape[1]
+  prompts = np.repeat(np.asarray(prompt_tokens, np.int32), g, axis=0)
+  pmask = np.repeat(np.asarray(prompt_mask, bool), g, axis=0)
+  cmask = np.asarray(completion_mask, bool)
+  tokens = np.concatenate([prompts, np.where(cmask, completions, 0).astype(np.int32)], axis=1)
+  segments = np.concatenate([pmask, cmask], axis=1)
+  positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0).astype(np.int32)
+  target_mask = np.zeros((len(tokens), p + n), np.float32)
+  target_mask[:, p - 1:p - 1 + n] = cmask
+  batch = {"tokens": tokens, "positions": positions, "segment_ids": segments.astype(np.int32),
+           "completion_mask": target_mask}
+  if completion_logprobs is not None:
+    old = np.zeros((len(tokens), p + n), np.float32)
+    old[:, p - 1:p - 1 + n] = np.where(cmask, completion_logprobs, 0.0)
+    batch["old_logprobs"] = old
+  return batch
+
+
+def decode_completions(tokenizer, completions: np.ndarray, lengths: np.ndarray, stop_tokens=()) -> list[str]:
+  """Completion texts: tokens up to each row's length, a final stop token dropped."""
+  stop = set(int(t) for t in stop_tokens)
+  texts = []
+  for row, length in zip(np.asarray(completions), np.asarray(lengths)):
+    ids = [int(t) for t in row[:int(length)]]
+    if ids and ids[-1] in stop:
+      ids = ids[:-1]
+    texts.append(tokenizer.decode(ids))
+  return texts
+
+
+def score(reward_specs, texts: list[str], examples: list, num_samples: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Rewards for B*G completions of B examples (each repeated G times), total f32[B*G] and each
+  component by name (see r1.rewards.registry)."""
+  repeated = [ex for ex in examples for _ in range(num_samples)]
+  total, components = registry.compute_rewards(reward_specs, texts, repeated)
+  return np.asarray(total, np.float32), {k: np.asarray(v, np.float32) for k, v in components.items()}
