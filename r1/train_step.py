@@ -1,7 +1,7 @@
 """The fused, jitted policy update for GRPO and SFT: state in, state and metrics out.
 
-  optimizer, schedule = make_optimizer(3e-6, warmup_steps=10, decay_steps=1000)
-  state = init_train_state(config, variables, optimizer, with_reference=True)
+  optimizer, schedule = optim.make_optimizer(3e-6, warmup_steps=10, decay_steps=1000)
+  state = init_train_state(variables, optimizer, with_reference=True)
   step = make_grpo_step(config, optimizer, schedule, kl_coef=0.001, num_iterations=1)
   state, metrics = step(state, batch)      # state is donated
 
@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from r1 import grpo
+from r1 import optim
 from r1 import sharding
 from r1.model import ModelConfig, Transformer, abstract_variables
 
@@ -41,38 +42,11 @@ class TrainState:
   skipped_steps: Array
 
 
-def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: int | None = None,
-                   schedule: str = "cosine", end_factor: float = 0.0, b1: float = 0.9, b2: float = 0.95,
-                   eps: float = 1e-8, weight_decay: float = 0.1, max_grad_norm: float | None = 1.0):
-  """Global-norm clipping then AdamW with linear warmup and a cosine / linear / constant schedule.
-
-  Weight decay applies to matrices only (not norms or the router bias-free vectors).
-  Returns (optax.GradientTransformation, schedule: step -> learning rate).
-  """
-  if schedule == "constant" or decay_steps is None:
-    decay = optax.constant_schedule(learning_rate)
-  elif schedule == "cosine":
-    decay = optax.cosine_decay_schedule(learning_rate, max(decay_steps - warmup_steps, 1), alpha=end_factor)
-  elif schedule == "linear":
-    decay = optax.linear_schedule(learning_rate, learning_rate * end_factor, max(decay_steps - warmup_steps, 1))
-  else:
-    raise ValueError(f"schedule={schedule!r}: expected cosine, linear or constant")
-  # Warmup reaches lr at update warmup_steps - 1 and starts at lr / warmup_steps, not 0 (a wasted update).
-  warmup = optax.linear_schedule(learning_rate / max(warmup_steps, 1), learning_rate, max(warmup_steps - 1, 1))
-  lr = optax.join_schedules([warmup, decay], [warmup_steps]) if warmup_steps else decay
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  tx = optax.chain(
-      optax.clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),
-      optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
-  return tx, lr
-
-
-def init_train_state(config: ModelConfig, variables: dict, optimizer, *, with_reference: bool = True) -> TrainState:
+def init_train_state(variables: dict, optimizer, *, with_reference: bool = True) -> TrainState:
   """A TrainState owning `variables` (they are donated by the step: do not reuse them).
 
   The reference is a copy into fresh buffers, never an alias of the policy's.
   """
-  del config
   params = variables["params"]
   ref = jax.tree.map(lambda x: x.copy(), params) if with_reference else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, moe_bias=variables.get("moe_bias", {}),
@@ -93,58 +67,6 @@ def train_state_shardings(config: ModelConfig, optimizer, mesh, *, with_referenc
                                  is_leaf=lambda x: isinstance(x, NamedSharding))
   return TrainState(step=replicated, params=params_sh, moe_bias=var_sh.get("moe_bias", {}), opt_state=opt_sh,
                     ref_params=params_sh if with_reference else None, skipped_steps=replicated)
-
-
-# --- Aux-loss-free balancing --------------------------------------------------------------------
-
-
-def moe_bias_paths(config: ModelConfig, with_mtp: bool = False) -> list[tuple[str, ...]]:
-  """Paths in moe_bias of the rows of ModelOutput.expert_load (MoE layers, then MTP blocks)."""
-  paths = [(f"layers_{i}", "mlp") for i in range(config.num_hidden_layers) if config.is_moe_layer(i)]
-  if with_mtp:
-    paths += [(f"mtp_{k}", "block", "mlp") for k in range(config.num_nextn_predict_layers)
-              if config.is_moe_layer(config.num_hidden_layers + k)]
-  return paths
-
-
-def update_moe_bias(moe_bias: dict, expert_load: Array, config: ModelConfig, rate: float,
-                    with_mtp: bool = False) -> dict:
-  """V3 section 2.1.2: b_i += rate * sign(mean_load - load_i) per MoE layer, outside the gradient.
-
-  expert_load: int32[L, E] tokens per expert (rows as `moe_bias_paths`). rate 0 (or no bias) is a no-op.
-  """
-  if not rate or not moe_bias:
-    return moe_bias
-  paths = moe_bias_paths(config, with_mtp)
-  if len(paths) != expert_load.shape[0]:
-    raise ValueError(f"expert_load has {expert_load.shape[0]} rows, expected {len(paths)} for {paths}")
-  new = jax.tree.map(lambda x: x, moe_bias)
-  for row, path in enumerate(paths):
-    load = expert_load[row].astype(jnp.float32)
-    node = new
-    for key in path:
-      node = node[key]
-    node["e_score_correction_bias"] = node["e_score_correction_bias"] + rate * jnp.sign(load.mean() - load)
-  return new
-
-
-def expert_load_metrics(expert_load: Array, config: ModelConfig, with_mtp: bool = False) -> dict[str, Array]:
-  """Per MoE layer: load min and max relative to the mean (1 = balanced) and the load entropy
-  normalised by log E (1 = uniform)."""
-  metrics = {}
-  if expert_load.shape[0] == 0:
-    return metrics
-  load = expert_load.astype(jnp.float32)
-  e = load.shape[1]
-  mean = jnp.maximum(load.mean(axis=1), 1e-9)
-  p = load / jnp.maximum(load.sum(axis=1, keepdims=True), 1e-9)
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=1) / jnp.log(e)
-  for row, path in enumerate(moe_bias_paths(config, with_mtp)):
-    name = path[0]
-    metrics[f"expert_load/{name}/min"] = load[row].min() / mean[row]
-    metrics[f"expert_load/{name}/max"] = load[row].max() / mean[row]
-    metrics[f"expert_load/{name}/entropy"] = entropy[row]
-  return metrics
 
 
 # --- Shared machinery ---------------------------------------------------------------------------
@@ -217,12 +139,12 @@ def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimiz
     refresh = step % ref_update_every == 0
     ref = jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref)
   candidate = state.replace(step=step, params=params, opt_state=opt_state, ref_params=ref,
-                            moe_bias=update_moe_bias(state.moe_bias, expert_load, config, bias_update_rate, with_mtp))
+                            moe_bias=optim.update_moe_bias(state.moe_bias, expert_load, config, bias_update_rate, with_mtp))
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), candidate, state)
   new = new.replace(skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
   metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
              "skipped": (~finite).astype(jnp.float32)}
-  metrics.update(expert_load_metrics(expert_load, config, with_mtp))
+  metrics.update(optim.expert_load_metrics(expert_load, config, with_mtp))
   return new, metrics
 
 

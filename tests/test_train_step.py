@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from r1 import grpo
+from r1 import optim
 from r1 import train_step as ts
 from r1.model import Transformer, get_model_config, init_variables
 
@@ -55,7 +56,7 @@ def full_logprobs(variables, batch):
   return np.take_along_axis(logp, targets[..., None], -1)[..., 0], np.asarray(out.expert_load)
 
 
-OPT, SCHED = ts.make_optimizer(1e-3, warmup_steps=2, decay_steps=20)
+OPT, SCHED = optim.make_optimizer(1e-3, warmup_steps=2, decay_steps=20)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def grpo_step():
 
 
 def fresh_state(variables):
-  return ts.init_train_state(CONFIG, jax.tree.map(jnp.copy, variables), OPT, with_reference=True)
+  return ts.init_train_state(jax.tree.map(jnp.copy, variables), OPT, with_reference=True)
 
 
 def test_step_loss_matches_math_on_full_logits_and_ratio_is_one(variables, grpo_step):
@@ -110,7 +111,7 @@ def test_balancing_bias_follows_the_sign_rule(variables, grpo_step):
     np.testing.assert_allclose(got, want, atol=1e-7)
     assert float(m[f"expert_load/{name}/max"]) == pytest.approx(load[row].max() / load[row].mean(), rel=1e-5)
   # rate 0 turns it off.
-  same = ts.update_moe_bias(variables["moe_bias"], jnp.asarray(load), CONFIG, 0.0)
+  same = optim.update_moe_bias(variables["moe_bias"], jnp.asarray(load), CONFIG, 0.0)
   assert same is variables["moe_bias"]
 
 
@@ -168,8 +169,8 @@ def test_mu_iterations_reuse_the_rollout_logprobs(variables):
   fused = ts.make_grpo_step(CONFIG, opt, sched, num_iterations=3, **kw)
   single = ts.make_grpo_step(CONFIG, opt, sched, num_iterations=1, **kw)
   lp, _ = full_logprobs(variables, batch)
-  s1, m = fused(ts.init_train_state(CONFIG, jax.tree.map(jnp.copy, variables), opt, with_reference=False), batch)
-  s2 = ts.init_train_state(CONFIG, jax.tree.map(jnp.copy, variables), opt, with_reference=False)
+  s1, m = fused(ts.init_train_state(jax.tree.map(jnp.copy, variables), opt, with_reference=False), batch)
+  s2 = ts.init_train_state(jax.tree.map(jnp.copy, variables), opt, with_reference=False)
   with_old = dict(batch, old_logprobs=jnp.asarray(lp, jnp.float32))
   for _ in range(3):
     s2, m2 = single(s2, with_old)
@@ -188,9 +189,9 @@ def test_bandit_probability_of_the_rewarded_action_rises_monotonically(variables
            "segment_ids": jnp.ones((8, 2), jnp.int32),
            "completion_mask": jnp.asarray([[1.0, 0.0]] * 8),   # position 0 scores the action
            "advantages": grpo.group_advantages(jnp.asarray((actions == 7).astype(np.float32)), 8)}
-  opt, sched = ts.make_optimizer(1e-2, decay_steps=None)
+  opt, sched = optim.make_optimizer(1e-2, decay_steps=None)
   step = ts.make_grpo_step(CONFIG, opt, sched, kl_coef=0.0, ref_update_every=0)
-  state = ts.init_train_state(CONFIG, jax.tree.map(jnp.copy, variables), opt, with_reference=False)
+  state = ts.init_train_state(jax.tree.map(jnp.copy, variables), opt, with_reference=False)
   prob = jax.jit(lambda p, b: jax.nn.softmax(
       Transformer(CONFIG).apply({"params": p, "moe_bias": b}, jnp.ones((1, 1), jnp.int32)).logits[0, 0])[7])
   probs = [float(prob(state.params, state.moe_bias))]
@@ -217,9 +218,9 @@ def test_sft_step_with_mtp_matches_independent_losses():
   loss_mask[:, -1] = 0
   batch = {k: jnp.asarray(v) for k, v in dict(inputs=inputs, targets=targets, loss_mask=loss_mask,
                                               segment_ids=seg, positions=positions).items()}
-  opt, sched = ts.make_optimizer(1e-3, decay_steps=None)
+  opt, sched = optim.make_optimizer(1e-3, decay_steps=None)
   step = ts.make_sft_step(config, opt, sched, mtp_weight=0.3, num_micro_batches=2, logits_chunk_size=4)
-  state = ts.init_train_state(config, jax.tree.map(jnp.copy, variables), opt, with_reference=False)
+  state = ts.init_train_state(jax.tree.map(jnp.copy, variables), opt, with_reference=False)
   state, m = step(state, batch)
 
   out = jax.jit(lambda v: Transformer(config).apply(v, batch["inputs"], batch["positions"], batch["segment_ids"],
@@ -237,3 +238,12 @@ def test_sft_step_with_mtp_matches_independent_losses():
   # The MTP block's bias moved too (its load counts are in expert_load), and params changed.
   assert np.any(np.asarray(state.moe_bias["mtp_0"]["block"]["mlp"]["e_score_correction_bias"]) != 0)
   assert int(state.step) == 1
+
+
+def test_schedule_warms_up_from_above_zero_then_decays():
+  _, schedule = optim.make_optimizer(1.0, warmup_steps=4, decay_steps=12)
+  lr = [float(schedule(i)) for i in range(13)]
+  np.testing.assert_allclose(lr[:5], [0.25, 0.5, 0.75, 1.0, 1.0], rtol=1e-6)
+  assert all(b < a for a, b in zip(lr[4:], lr[5:])) and lr[12] == pytest.approx(0.0, abs=1e-6)
+  with pytest.raises(ValueError, match="schedule"):
+    optim.make_optimizer(1.0, schedule="step")

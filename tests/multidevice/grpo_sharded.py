@@ -9,6 +9,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from r1 import grpo
+from r1 import optim
 from r1 import sharding
 from r1 import train_step as ts
 from r1.model import get_model_config, init_variables
@@ -42,9 +43,9 @@ def run(config, variables, batch, mesh=None):
   # Adam's early updates are ~lr * sign(g): a gradient of 1e-9 and one of -1e-9 (equal to float
   # rounding) move a weight by +-lr. A large eps makes the update linear in small gradients, so
   # the comparison measures the sharded step, not that amplification.
-  opt, sched = ts.make_optimizer(1e-3, warmup_steps=1, decay_steps=10, eps=1e-3)
+  opt, sched = optim.make_optimizer(1e-3, warmup_steps=1, decay_steps=10, eps=1e-3)
   grad_fn = ts.make_grpo_grad_fn(config, **KW)
-  state = ts.init_train_state(config, jax.tree.map(jnp.copy, variables), opt)
+  state = ts.init_train_state(jax.tree.map(jnp.copy, variables), opt)
   state_sh = None
   if mesh is not None:
     state_sh = ts.train_state_shardings(config, opt, mesh)
