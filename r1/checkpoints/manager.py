@@ -21,7 +21,7 @@ Preemption protocol (TPU VMs receive SIGTERM some seconds before they are taken 
   ckpt.install_preemption_handler()         # SIGTERM now only sets a flag
   start = ckpt.latest_step() or 0
   if start:
-    state = ckpt.restore(start, target_state=state, iterator=it)   # `state`: fresh init, or abstract
+    state = ckpt.restore(start, target_state=state, iterator=it)  # target: fresh or abstract
   for step in range(start, total_steps):
     state, metrics = train_step(state, next(it))
     stop = ckpt.should_stop(step + 1)           # SIGTERM seen (on any host) or orbax's sync point
