@@ -128,8 +128,10 @@ def consensus(answers: Sequence[Sequence[str | None]], correct, examples: Sequen
               pool=None) -> tuple[np.ndarray, list[str | None], np.ndarray]:
   """cons@k per problem: majority vote over answers grouped by `answer_equivalence`.
 
-  The voted group's answer is graded by its first sample's correctness (ties: the group whose
-  first sample is earliest; see `eval_metrics.majority_vote`).
+  Two answers are one vote when `answer_equivalence` says so, or when both were graded correct:
+  verifiers assume a canonical gold (`int(gold)`), so "1,000" fails as the gold of "1000" though
+  both equal the real gold. The voted group's answer is graded by its first sample's correctness
+  (ties: the group whose first sample is earliest; see `eval_metrics.majority_vote`).
 
   Args:
     answers: P lists of k extracted answers. correct: bool[P, k]. examples: P PromptExample.
@@ -141,7 +143,9 @@ def consensus(answers: Sequence[Sequence[str | None]], correct, examples: Sequen
   cons_correct = np.zeros(len(answers), bool)
   voted, votes = [], np.zeros(len(answers), np.int64)
   for p, (row, table) in enumerate(zip(answers, tables)):
-    winner, votes[p] = eval_metrics.majority_vote(row, lambda a, b, t=table: t[(a, b)])
+    right = {a for a, ok in zip(row, correct[p]) if ok and a is not None}
+    same = lambda a, b, t=table, r=right: t[(a, b)] or (a in r and b in r)  # pylint: disable=unnecessary-lambda-assignment
+    winner, votes[p] = eval_metrics.majority_vote(row, same)
     voted.append(None if winner is None else row[winner])
     cons_correct[p] = winner is not None and bool(correct[p, winner])
   return cons_correct, voted, votes
