@@ -232,7 +232,8 @@ def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float 
     old_logprobs: optional f32[B, T] pi_old(tokens[t + 1]) from the rollout. Without it the first
       iteration uses stop_gradient of its own logprobs (ratio exactly 1) and later iterations reuse
       those.
-    ref_logprobs: optional f32[B, T]; else computed from state.ref_params when kl_coef != 0.
+    ref_logprobs: optional f32[B, T]; else computed from state.ref_params when kl_coef != 0 (routed
+      with the current balancing bias: the bias is routing state, not a parameter the reference copies).
 
   Args:
     num_iterations: the paper's mu, optimizer updates on this batch.
