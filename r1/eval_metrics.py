@@ -80,7 +80,8 @@ def mean_pass_at_k(correct, k: int) -> float:
   if not correct.shape[0]:
     return 0.0
   n = correct.shape[1]
-  return float(np.mean(pass_at_k(np.full(correct.shape[0], n), correct.sum(axis=1).astype(np.int64), k)))
+  c = correct.sum(axis=1).astype(np.int64)
+  return float(np.mean(pass_at_k(np.full(c.shape, n), c, k)))
 
 
 def majority_vote(answers: Sequence[str | None],

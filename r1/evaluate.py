@@ -144,8 +144,8 @@ def consensus(answers: Sequence[Sequence[str | None]], correct, examples: Sequen
   voted, votes = [], np.zeros(len(answers), np.int64)
   for p, (row, table) in enumerate(zip(answers, tables)):
     right = {a for a, ok in zip(row, correct[p]) if ok and a is not None}
-    same = lambda a, b, t=table, r=right: t[(a, b)] or (a in r and b in r)  # pylint: disable=unnecessary-lambda-assignment
-    winner, votes[p] = eval_metrics.majority_vote(row, same)
+    winner, votes[p] = eval_metrics.majority_vote(
+        row, lambda a, b, t=table, r=right: t[(a, b)] or (a in r and b in r))
     voted.append(None if winner is None else row[winner])
     cons_correct[p] = winner is not None and bool(correct[p, winner])
   return cons_correct, voted, votes
@@ -227,7 +227,9 @@ def summarize(examples: Sequence, completions: Sequence[Sequence[str]], lengths,
   correct = flat_correct.reshape(n_problems, k)
   answers = [flat_answers[p * k:(p + 1) * k] for p in range(n_problems)]
   cons_correct, voted, votes = consensus(answers, correct, examples, pool)
-  lengths, stopped = np.asarray(lengths).reshape(-1), np.asarray(stopped, bool).reshape(-1)
+  lengths_pk = np.asarray(lengths).reshape(n_problems, k)
+  stopped_pk = np.asarray(stopped, bool).reshape(n_problems, k)
+  lengths, stopped = lengths_pk.reshape(-1), stopped_pk.reshape(-1)
 
   per_problem = eval_metrics.per_problem_pass_at_1(correct) if n_problems else np.zeros(0)
   ci = eval_metrics.bootstrap_ci(per_problem)
@@ -237,7 +239,8 @@ def summarize(examples: Sequence, completions: Sequence[Sequence[str]], lengths,
             "pass@1_ci_method": "95% percentile bootstrap over problems, 1000 resamples",
             # Treats all P*k samples as independent: too narrow, but never a zero-width interval
             # at pass@1 = 0 or 1, where the bootstrap's is.
-            "pass@1_ci_wilson": list(eval_metrics.wilson_interval(int(correct.sum()), correct.size)),
+            "pass@1_ci_wilson": list(eval_metrics.wilson_interval(int(correct.sum()),
+                                                                  correct.size)),
             "cons@k": float(cons_correct.mean()) if n_problems else 0.0}
   report["pass@k"] = {str(j): eval_metrics.mean_pass_at_k(correct, j) if n_problems else 0.0
                       for j in eval_metrics.pass_at_k_values(max(k, 1))}
@@ -257,8 +260,7 @@ def summarize(examples: Sequence, completions: Sequence[Sequence[str]], lengths,
   report["samples"] = [
       {"id": ex.id, "prompt": ex.prompt, "gold": ex.gold, "completions": list(completions[p]),
        "answers": answers[p], "correct": correct[p].tolist(),
-       "lengths": np.asarray(lengths).reshape(n_problems, k)[p].tolist(),
-       "stopped": stopped.reshape(n_problems, k)[p].tolist(),
+       "lengths": lengths_pk[p].tolist(), "stopped": stopped_pk[p].tolist(),
        "voted_answer": voted[p], "votes": int(votes[p]), "cons_correct": bool(cons_correct[p])}
       for p, ex in enumerate(examples[:num_report_samples])]
   return report
@@ -288,10 +290,13 @@ def evaluate(policy, tokenizer, template, examples, *, k: int = 4, temperature: 
     pool: sympy pool for the math verifier.
   Returns:
     {"config": {sampling settings}, "datasets": {name: metrics}} where metrics has
-    n_eval, k, pass@1, pass@1_ci [lo, hi] (bootstrap over problems), pass@1_ci_wilson, cons@k, pass@k {"1": .., "2": .., .., "k": ..},
-    pass@k_max, format_rate (strict), format_rate_lenient, answer_rate, mean_length, max_length,
-    p50_length, truncated_frac, mean_length_correct / _incorrect (None when empty),
-    reflection_rate (share with a reflective word), reflection_words {word: mean count}, samples.
+    n_eval, k, pass@1, pass@1_ci [lo, hi] (bootstrap over problems), pass@1_ci_wilson, cons@k,
+    pass@k {"1": .., "2": .., .., "k": ..}, pass@k_max, format_rate (strict),
+    format_rate_lenient, answer_rate, mean_length, max_length, p50_length, truncated_frac,
+    mean_length_correct / _incorrect (None when empty), reflection_rate (share of responses with
+    a reflective word), reflection_words {word: mean count}, samples (the first
+    `num_report_samples` problems: id, prompt, gold, completions, answers, correct, lengths,
+    stopped, voted_answer, votes, cons_correct).
   """
   if isinstance(template, str):
     template = templates_lib.get_template(template)
@@ -304,6 +309,8 @@ def evaluate(policy, tokenizer, template, examples, *, k: int = 4, temperature: 
   report = {"config": config, "datasets": {}}
   for name, dataset in datasets.items():
     dataset = list(dataset)
+    if not dataset:
+      raise ValueError(f"evaluate: dataset {name!r} has no examples")
     for ex in dataset:
       _check_verifier(ex.verifier)  # Fail before sampling, not after.
     prompts = [tokenizer.encode(template.render_prompt(ex.prompt), add_bos=add_bos)
@@ -344,6 +351,6 @@ def format_table(report: dict) -> str:
       row.append(fmt.format(*value) if isinstance(value, (list, tuple)) else fmt.format(value))
     rows.append(row)
   widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-           for r in [header] + rows]
+  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + rows]
   return "\n".join(lines)

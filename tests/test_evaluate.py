@@ -264,7 +264,8 @@ def _check_consistent(metrics, examples, k, max_new_tokens):
     if s["voted_answer"] is not None:
       assert s["cons_correct"] == s["correct"][s["answers"].index(s["voted_answer"])]
   assert metrics["cons@k"] == np.mean([s["cons_correct"] for s in samples])
-  lengths, stopped = np.array([s["lengths"] for s in samples]), np.array([s["stopped"] for s in samples])
+  lengths = np.array([s["lengths"] for s in samples])
+  stopped = np.array([s["stopped"] for s in samples])
   assert np.all(lengths[~stopped] == max_new_tokens) and np.all(lengths <= max_new_tokens)
   assert metrics["truncated_frac"] == pytest.approx(1 - stopped.mean())
   assert metrics["mean_length"] == pytest.approx(lengths.mean())
@@ -281,8 +282,8 @@ def test_evaluate_end_to_end_with_known_golds(tiny_setup, tmp_path):
   before = sampling.compile_count()["decode"]
   report = evaluate_lib.evaluate(policy, tok, template, examples, k=k, max_new_tokens=n_new,
                                  batch_size=2, dataset_name="arith", num_report_samples=5)
-  buckets = {sampling.bucket_length(len(tok.encode(template.render_prompt(ex.prompt), add_bos=True)))
-             for ex in examples}
+  prompts = [tok.encode(template.render_prompt(ex.prompt), add_bos=True) for ex in examples]
+  buckets = {sampling.bucket_length(len(p)) for p in prompts}
   # 3 generate calls (the last padded): one decode program per prompt bucket, not per batch size.
   assert sampling.compile_count()["decode"] - before == len(buckets)
   assert report["config"]["temperature"] == 0.6 and report["config"]["top_p"] == 0.95
@@ -299,7 +300,8 @@ def test_evaluate_end_to_end_with_known_golds(tiny_setup, tmp_path):
            for ex, a in zip(examples, first)]
   again = evaluate_lib.evaluate(policy, tok, template, {"known": known}, k=k, max_new_tokens=n_new,
                                 batch_size=2, num_report_samples=5)["datasets"]["known"]
-  assert [s["completions"] for s in again["samples"]] == [s["completions"] for s in metrics["samples"]]
+  assert ([s["completions"] for s in again["samples"]]
+          == [s["completions"] for s in metrics["samples"]])
   _check_consistent(again, known, k, n_new)
   has_answer = np.array([a is not None for a in first])
   assert again["pass@k"][str(k)] >= has_answer.mean() > 0
