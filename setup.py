@@ -13,7 +13,7 @@ setuptools.setup(
         "jax>=0.6.0",
         "flax>=0.10.4",
         "optax>=0.2.4",
-        "orbax-checkpoint>=0.11.0",
+        "orbax-checkpoint>=0.12.0",
         "grain>=0.2.10",
         "sentencepiece>=0.2.0",
         # sympy's LaTeX parser is the antlr4 one; its generated parser needs exactly the 4.11 runtime.
@@ -25,6 +25,8 @@ setuptools.setup(
         "numpy>=1.26",
         # bfloat16 / float8 numpy dtypes for reading and writing safetensors checkpoints.
         "ml_dtypes>=0.5.0",
+        # The training curves PNG every run writes (imported lazily by r1.metrics.plot_curves).
+        "matplotlib>=3.7",
     ],
     extras_require={
         # Hugging Face tokenizer.json (DeepSeek-V3, Qwen) and Parquet prompt sources.

@@ -1,8 +1,7 @@
 """r1's entry point: `python -m r1.main --config=configs/<name>.py[:arg] --workdir=DIR`.
 
-The config's `stage` says what runs. Stages implemented so far: `model_report` (parameter
-counts, sharding-ready logical axes, and a timed forward pass). The training stages (`sft`, `grpo`,
-`sample`, `eval`, `pipeline`) are dispatched here as they land.
+The config's `stage` says what runs: `model_report` (parameter counts and a timed forward pass),
+`sft`, `grpo`, or `pipeline` (stages chained in one workdir, each resuming or skipping itself).
 """
 
 import json
@@ -73,7 +72,22 @@ def model_report(config, workdir: str) -> dict:
   return report
 
 
-STAGES = {"model_report": model_report}
+def _training_stages():
+  from r1.train import rl, sft  # pylint: disable=g-import-not-at-top
+  return {"sft": sft.run, "grpo": rl.run}
+
+
+def pipeline(config, workdir: str):
+  from r1.train import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  return pipeline_lib.run(config, workdir, _training_stages())
+
+
+STAGES = {
+    "model_report": model_report,
+    "sft": lambda config, workdir: _training_stages()["sft"](config, workdir),
+    "grpo": lambda config, workdir: _training_stages()["grpo"](config, workdir),
+    "pipeline": pipeline,
+}
 
 
 def main(argv):

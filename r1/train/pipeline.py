@@ -1,0 +1,60 @@
+"""Chains stages in one workdir: each stage runs in <workdir>/<i>_<stage>/, starts from the
+previous stage's exported policy and tokenizer, and is skipped when its output already exists
+(so re-running the same command after a crash resumes the unfinished stage, which itself resumes
+from its last checkpoint).
+
+config.pipeline.stages: e.g. ("sft", "grpo") for the tiny R1-Zero repro, or R1's four stages
+("sft", "grpo", "sample", "sft", "grpo"); config.pipeline.<stage>_overrides (one ConfigDict per
+stage position, `stage_overrides[i]`) changes fields for that stage only (steps, optimizer...).
+"""
+
+import json
+import os
+import time
+
+import ml_collections
+
+from r1.train import common
+
+
+def stage_config(config, index: int, previous_workdir: str | None) -> ml_collections.ConfigDict:
+  """The config of stage `index`: the base config, its overrides, and the hand-over paths."""
+  stage = config.pipeline.stages[index]
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.unlock()
+  c.stage = stage
+  overrides = config.pipeline.stage_overrides[index] if index < len(config.pipeline.stage_overrides) else None
+  if overrides:
+    c.update_from_flattened_dict(_flatten(ml_collections.ConfigDict(overrides).to_dict()))
+  if previous_workdir is not None:
+    c.init.hf_dir = os.path.join(previous_workdir, common.POLICY_DIR)
+    c.tokenizer.path = os.path.join(previous_workdir, common.TOKENIZER_FILE)
+  return c
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and k not in ("rewards",):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def run(config, workdir: str, stages: dict) -> dict:
+  """Runs config.pipeline.stages with the stage functions in `stages` (name -> run(config, dir))."""
+  start = time.time()
+  previous, results = None, {}
+  for i, name in enumerate(config.pipeline.stages):
+    stage_dir = os.path.join(workdir, f"{i}_{name}")
+    if common.stage_done(stage_dir):
+      print(f"stage {i} ({name}): done, skipping ({stage_dir})")
+    else:
+      print(f"stage {i} ({name}): running in {stage_dir}")
+      results[f"{i}_{name}"] = stages[name](stage_config(config, i, previous), stage_dir)
+    previous = stage_dir
+  results["wall_seconds"] = time.time() - start
+  with open(os.path.join(workdir, "pipeline.json"), "w") as f:
+    json.dump({"stages": list(config.pipeline.stages), "wall_seconds": results["wall_seconds"]}, f)
+  return results

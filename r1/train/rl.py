@@ -1,0 +1,154 @@
+"""The GRPO stage: rollout -> reward -> group advantages -> fused update, with eval, checkpoints
+and metrics.
+
+Per step: draw B prompts; the sampler generates G completions each with the current params (the
+train state's own buffers, no host copy); completions are decoded and scored by the configured
+rewards; `grpo.group_advantages` normalises within each group; `train_step.make_grpo_step` runs
+the paper's mu updates. A run killed at any point (SIGTERM included) resumes from its last
+checkpoint with the same next batch and the same sampling seeds.
+"""
+
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import r1
+from r1 import evaluate as evaluation
+from r1 import grpo, metrics as metrics_lib, optim, sampling, train_step
+from r1.checkpoints.manager import TrainCheckpointer
+from r1.data import pipeline, templates
+from r1.train import common, rollout
+
+
+def sampling_seed(config, step: int) -> int:
+  """The rollout seed of `step`: a function of (seed, step) so a resumed run samples the same."""
+  return (int(config.seed) * 1_000_003 + step) % (2**31 - 1)
+
+
+def run_eval(config, policy, tokenizer, template, examples, stops, name: str) -> dict:
+  """pass@1 over k samples and cons@k on the held-out examples (config.eval)."""
+  e = config.eval
+  return evaluation.evaluate(policy, tokenizer, template, examples, k=e.k, temperature=e.temperature, top_p=e.top_p,
+                             max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens),
+                             batch_size=e.batch_size, stop_tokens=stops, seed=e.seed, dataset_name=name)
+
+
+def eval_scalars(report: dict, prefix: str = "eval/") -> dict[str, float]:
+  """The report's numeric per-dataset metrics as flat scalars (eval/pass@1, eval/cons@k, ...)."""
+  out = {}
+  for metrics in report["datasets"].values():
+    for key, value in metrics.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        out[prefix + key] = float(value)
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  """Trains config.total_steps GRPO steps in `workdir`; returns {"before": report, "after": report}."""
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
+  template = templates.get_template(config.data.template)
+  stops = common.stop_tokens(config, tokenizer)
+  policy = common.build_policy(config, tokenizer)
+  mc = policy.config
+  g, n = config.rollout.num_samples, config.rollout.max_new_tokens
+  o, gc = config.optimizer, config.grpo
+
+  optimizer, schedule = optim.make_optimizer(
+      o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
+      weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
+  state = train_step.init_train_state(policy.variables, optimizer, with_reference=gc.kl_coef > 0)
+  update = train_step.make_grpo_step(
+      mc, optimizer, schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.get("clip_eps_high"), kl_coef=gc.kl_coef,
+      loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=gc.num_micro_batches,
+      ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate, group_size=g)
+
+  data = pipeline.rl_prompt_dataset(common.prompt_source(config.data, "train"), tokenizer, template,
+                                    batch_size=config.data.batch_size, seed=config.seed,
+                                    length_buckets=tuple(config.data.length_buckets))
+  batches = iter(data)
+  eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
+
+  ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.save_every,
+                           keep=config.checkpoint.keep)
+  ckpt.install_preemption_handler()
+  start = ckpt.latest_step() or 0
+  if start:
+    state = ckpt.restore(start, target_state=state, iterator=batches)
+    logging.info("resumed from step %d", start)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds)
+
+  def current_policy():
+    return r1.Policy(mc, {"params": state.params, "moe_bias": state.moe_bias} if state.moe_bias
+                     else {"params": state.params})
+
+  reports = {}
+  if start == 0 and config.eval.at_start:
+    reports["before"] = run_eval(config, current_policy(), tokenizer, template, eval_examples, stops, "held_out")
+    writer.write(0, eval_scalars(reports["before"]))
+    print(evaluation.format_table(reports["before"]))
+
+  stopped_early = False
+  for step in range(start, config.total_steps):
+    batch = next(batches)
+    prompts = [list(row[mask]) for row, mask in zip(batch["prompt_tokens"], batch["prompt_mask"])]
+    t0 = time.perf_counter()
+    out = sampling.generate(mc, current_policy().variables, prompts, num_samples=g, max_new_tokens=n,
+                            temperature=config.rollout.temperature, top_p=config.rollout.top_p,
+                            top_k=config.rollout.top_k, stop_tokens=stops, seed=sampling_seed(config, step))
+    completions, mask = np.asarray(out.tokens), np.asarray(out.mask)
+    lengths, stopped = np.asarray(out.lengths), np.asarray(out.stopped)
+    t1 = time.perf_counter()
+    texts = rollout.decode_completions(tokenizer, completions, lengths, stops)
+    total, components = rollout.score(config.rewards, texts, list(batch["examples"]), g)
+    t2 = time.perf_counter()
+    prompt_tokens, prompt_mask = sampling.pad_prompts(prompts)
+    # The sampler's logprobs are the old policy's only at temperature 1 (the paper's rollouts);
+    # otherwise the first iteration's own logprobs serve (ratio 1 at mu = 1 either way).
+    old = np.asarray(out.logprobs) if config.rollout.temperature == 1.0 else None
+    gb = rollout.grpo_batch(prompt_tokens, prompt_mask, completions, mask, old, g)
+    gb["advantages"] = np.asarray(grpo.group_advantages(jnp.asarray(total), g, scale_by_std=gc.scale_by_std))
+    state, step_metrics = update(state, gb)
+    step_metrics = jax.device_get(step_metrics)
+    t3 = time.perf_counter()
+
+    m = metrics_lib.rollout_metrics(components, total, g, lengths, n, stopped)
+    if "accuracy" in components:
+      m["accuracy"] = float(components["accuracy"].mean())
+    m.update({k: float(v) for k, v in step_metrics.items()})
+    m.update({"time/generate": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2,
+              "sampler/tokens_per_s": float(lengths.sum()) / max(t1 - t0, 1e-9),
+              "compiles/prefill": sampling.compile_count()["prefill"],
+              "compiles/decode": sampling.compile_count()["decode"]})
+    done = step + 1
+    eval_metrics = None
+    if config.eval.every_steps and done % config.eval.every_steps == 0 and done < config.total_steps:
+      eval_metrics = eval_scalars(run_eval(config, current_policy(), tokenizer, template, eval_examples, stops,
+                                           "held_out"))
+      m.update(eval_metrics)
+    writer.write(done, m)
+    if config.log.samples_every and done % config.log.samples_every == 0:
+      writer.write_texts(done, "samples", texts[:config.log.num_samples])
+    progress.update(done, m)
+    stop = ckpt.should_stop(done)
+    ckpt.save(done, state, iterator=batches, eval_metrics=eval_metrics, force=stop or done == config.total_steps)
+    if stop:
+      logging.warning("preemption requested: saved step %d, exiting", done)
+      stopped_early = True
+      break
+
+  ckpt.close()
+  if not stopped_early:
+    reports["after"] = run_eval(config, current_policy(), tokenizer, template, eval_examples, stops, "held_out")
+    writer.write(config.total_steps, eval_scalars(reports["after"], prefix="final_eval/"))
+    print(evaluation.format_table(reports["after"]))
+    evaluation.write_report(os.path.join(workdir, "eval_report.json"), reports)
+    common.export_policy(current_policy(), tokenizer_path, workdir)
+  writer.close()
+  metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+  return reports

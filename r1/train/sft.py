@@ -1,0 +1,86 @@
+"""The SFT stage: cold start, post-RL SFT on rejection-sampled data, and distillation.
+
+Masked next-token cross-entropy on response tokens of packed (prompt, response) rows, with the
+same sharding, checkpointing, metrics and hand-over as the GRPO stage (r1/train/rl.py).
+"""
+
+import os
+
+from absl import logging
+import jax
+
+import r1
+from r1 import evaluate as evaluation
+from r1 import metrics as metrics_lib, optim, train_step
+from r1.checkpoints.manager import TrainCheckpointer
+from r1.data import pipeline, sources, tasks, templates
+from r1.train import common, rl
+
+
+def sft_source(config, template):
+  """(prompt, response) pairs: the task's worked solutions (cold start) or a JSONL file."""
+  s = config.sft
+  if s.source == "synthetic":
+    return tasks.SyntheticSFTSource(common.make_task(config.data), s.num_examples, template, seed=s.seed)
+  if s.source == "jsonl":
+    return sources.load_sft(s.path)
+  raise ValueError(f"sft.source={s.source!r}: expected synthetic or jsonl")
+
+
+def run(config, workdir: str) -> dict:
+  """Trains config.total_steps SFT steps in `workdir`; returns the final eval report ({} if none)."""
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
+  template = templates.get_template(config.data.template)
+  policy = common.build_policy(config, tokenizer)
+  mc = policy.config
+  o = config.optimizer
+  optimizer, schedule = optim.make_optimizer(
+      o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
+      weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
+  state = train_step.init_train_state(policy.variables, optimizer, with_reference=False)
+  update = train_step.make_sft_step(mc, optimizer, schedule, mtp_weight=config.sft.mtp_weight,
+                                    num_micro_batches=config.sft.num_micro_batches,
+                                    bias_update_rate=config.sft.bias_update_rate)
+  data = pipeline.sft_dataset(sft_source(config, template), tokenizer, template, seq_len=config.sft.seq_len,
+                              batch_size=config.sft.batch_size, seed=config.seed)
+  batches = iter(data)
+
+  ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.save_every,
+                           keep=config.checkpoint.keep)
+  ckpt.install_preemption_handler()
+  start = ckpt.latest_step() or 0
+  if start:
+    state = ckpt.restore(start, target_state=state, iterator=batches)
+    logging.info("resumed from step %d", start)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds,
+                                  keys=("loss", "nll", "grad_norm"))
+  stopped_early = False
+  for step in range(start, config.total_steps):
+    state, m = update(state, next(batches))
+    done = step + 1
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    writer.write(done, m)
+    progress.update(done, m)
+    stop = ckpt.should_stop(done)
+    ckpt.save(done, state, iterator=batches, force=stop or done == config.total_steps)
+    if stop:
+      stopped_early = True
+      break
+  ckpt.close()
+
+  report = {}
+  if not stopped_early:
+    final = r1.Policy(mc, {"params": state.params, "moe_bias": state.moe_bias} if state.moe_bias
+                      else {"params": state.params})
+    if config.eval.at_end:
+      eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
+      report = rl.run_eval(config, final, tokenizer, template, eval_examples,
+                           common.stop_tokens(config, tokenizer), "held_out")
+      writer.write(config.total_steps, rl.eval_scalars(report, prefix="final_eval/"))
+      print(evaluation.format_table(report))
+      evaluation.write_report(os.path.join(workdir, "eval_report.json"), report)
+    common.export_policy(final, tokenizer_path, workdir)
+  writer.close()
+  return report
