@@ -44,7 +44,7 @@ def get_config(arg: str | None = None):
   c.init = ml_collections.ConfigDict({"hf_dir": ""})
 
   # A SentencePiece tokenizer trained on the fly on the task's templated text.
-  c.tokenizer = ml_collections.ConfigDict({"path": "", "vocab_size": 400, "corpus_size": 2000})
+  c.tokenizer = ml_collections.ConfigDict({"path": "", "vocab_size": 1000, "corpus_size": 2000})
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
   c.data.train_size = 100_000
   c.data.eval_size = 10_000
   c.data.batch_size = 4 if quick else 8        # prompts per GRPO step
-  c.data.length_buckets = (128, 256)
+  c.data.length_buckets = (128, 256)          # the templated prompt is ~92 tokens
 
   c.sft = ml_collections.ConfigDict()
   c.sft.source = "synthetic"
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None):
 
   c.rollout = ml_collections.ConfigDict()
   c.rollout.num_samples = 4 if quick else 8    # G
-  c.rollout.max_new_tokens = 48
+  c.rollout.max_new_tokens = 112             # worked solutions are ~90 tokens
   c.rollout.temperature = 1.0                  # R1: rollouts at temperature 1
   c.rollout.top_p = 1.0
   c.rollout.top_k = 0

@@ -80,7 +80,9 @@ def run(config, workdir: str) -> dict:
   if start:
     state = ckpt.restore(start, target_state=state, iterator=batches)
     logging.info("resumed from step %d", start)
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  # Lines up to `start` belong to the checkpointed run (metrics of step s are written before
+  # checkpoint s); anything after it is dropped and written again.
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start + 1 if start else 0)
   progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds)
 
   def current_policy():
@@ -108,9 +110,11 @@ def run(config, workdir: str) -> dict:
     total, components = rollout.score(config.rewards, texts, list(batch["examples"]), g)
     t2 = time.perf_counter()
     prompt_tokens, prompt_mask = sampling.pad_prompts(prompts)
-    # The sampler's logprobs are the old policy's only at temperature 1 (the paper's rollouts);
-    # otherwise the first iteration's own logprobs serve (ratio 1 at mu = 1 either way).
-    old = np.asarray(out.logprobs) if config.rollout.temperature == 1.0 else None
+    # With mu > 1 the later iterations need pi_old: the sampler's logprobs are exactly that at
+    # temperature 1 (the paper's rollouts). At mu = 1, or another temperature, the first
+    # iteration's own logprobs serve, which makes the ratio exactly 1 (as in TRL).
+    use_sampler_logprobs = gc.num_iterations > 1 and config.rollout.temperature == 1.0
+    old = np.asarray(out.logprobs) if use_sampler_logprobs else None
     gb = rollout.grpo_batch(prompt_tokens, prompt_mask, completions, mask, old, g)
     gb["advantages"] = np.asarray(grpo.group_advantages(jnp.asarray(total), g, scale_by_std=gc.scale_by_std))
     state, step_metrics = update(state, gb)

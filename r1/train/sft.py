@@ -53,7 +53,9 @@ def run(config, workdir: str) -> dict:
   if start:
     state = ckpt.restore(start, target_state=state, iterator=batches)
     logging.info("resumed from step %d", start)
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  # Lines up to `start` belong to the checkpointed run (metrics of step s are written before
+  # checkpoint s); anything after it is dropped and written again.
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start + 1 if start else 0)
   progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds,
                                   keys=("loss", "nll", "grad_norm"))
   stopped_early = False

@@ -1,0 +1,85 @@
+"""The training program end to end on CPU: the tiny pipeline's outputs, and exact resume after
+SIGTERM (the TPU preemption signal)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GRPO_ONLY = ["--config=configs/tiny_r1_zero.py:quick", "--config.stage=grpo", "--config.total_steps=4",
+             "--config.eval.at_start=False", "--config.checkpoint.save_every=1"]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+
+
+def _main(workdir, flags, **kwargs):
+  return subprocess.Popen([sys.executable, "-m", "r1.main", f"--workdir={workdir}", *flags], cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _deterministic(rows):
+  """Per-step metrics that must not depend on wall time."""
+  keys = ("reward", "reward_std", "accuracy", "loss", "kl", "entropy", "grad_norm", "completions/mean_length")
+  return {r["step"]: {k: r[k] for k in keys if k in r} for r in rows if "reward" in r}
+
+
+def test_quick_pipeline_writes_every_output(tmp_path):
+  proc = _main(tmp_path, ["--config=configs/tiny_r1_zero.py:quick"])
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  for stage in ("0_sft", "1_grpo"):
+    d = tmp_path / stage
+    assert (d / "policy" / "config.json").exists() and (d / "tokenizer.model").exists()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(d / "tb"))
+    assert os.listdir(d / "checkpoints")
+    assert _metrics(d)[-1]["step"] >= 2
+  grpo = [row for row in _metrics(tmp_path / "1_grpo") if "reward" in row]
+  assert {"reward", "kl", "entropy", "clip_ratio/low_mean", "completions/mean_length", "time/generate",
+          "compiles/decode"} <= set(grpo[-1])
+  with open(tmp_path / "1_grpo" / "eval_report.json") as f:
+    report = json.load(f)
+  assert 0.0 <= report["after"]["datasets"]["held_out"]["pass@1"] <= 1.0
+  assert (tmp_path / "1_grpo" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # Re-running the same command skips both finished stages.
+  proc = _main(tmp_path, ["--config=configs/tiny_r1_zero.py:quick"])
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0 and out.count("done, skipping") == 2, out + err[-2000:]
+
+
+def test_sigterm_then_rerun_resumes_exactly(tmp_path):
+  reference = _main(tmp_path / "reference", GRPO_ONLY)
+  _, err = reference.communicate(timeout=600)
+  assert reference.returncode == 0, err[-3000:]
+  expected = _deterministic(_metrics(tmp_path / "reference"))
+  assert sorted(expected) == [1, 2, 3, 4]
+
+  workdir = tmp_path / "preempted"
+  proc = _main(workdir, GRPO_ONLY)
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if (workdir / "metrics.jsonl").exists() and any(r["step"] >= 1 for r in _metrics(workdir)):
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.2)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+  assert saved and saved[-1] < 4, saved  # stopped before the end, with a checkpoint
+
+  proc = _main(workdir, GRPO_ONLY)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert "resumed from step" in err
+  resumed = _deterministic(_metrics(workdir))
+  assert sorted(resumed) == [1, 2, 3, 4]
+  assert resumed == expected
