@@ -128,7 +128,7 @@ def _largest_threshold(values: Array, satisfied, iterations: int = 48) -> Array:
 
 
 def _sample_inverse_cdf(rng: Array, probs: Array, block: int = 256) -> Array:
-  """One draw per row from probs f32[..., V] with one uniform per row.
+  """One draw per row from probs f32[..., V] (unnormalised is fine) with one uniform per row.
 
   Two-level inverse CDF (block sums, then within the block) keeps float32 cumulative sums short
   and exact to ~1e-7; a zero-probability token is never returned. Gumbel-max would need V random
@@ -151,6 +151,14 @@ def _sample_inverse_cdf(rng: Array, probs: Array, block: int = 256) -> Array:
   return (b * block + jnp.minimum(i, last_positive)).astype(jnp.int32)
 
 
+def first_argmax(x: Array) -> Array:
+  """jnp.argmax over the last axis (first maximum), as a max and a min: XLA:CPU lowers argmax to a
+  variadic reduction that took 5 ms for 64 x 32k, against 0.2 ms for this."""
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  first = jnp.min(jnp.where(x >= x.max(axis=-1, keepdims=True), iota, x.shape[-1]), axis=-1)
+  return jnp.minimum(first, x.shape[-1] - 1)  # a NaN row has no maximum: stay in the vocabulary
+
+
 def sample_token(logits: Array, rng: Array, temperature: Array, top_k: Array, top_p: Array) -> tuple[Array, Array]:
   """Draws one token per row.
 
@@ -164,10 +172,14 @@ def sample_token(logits: Array, rng: Array, temperature: Array, top_k: Array, to
   logits = logits.astype(jnp.float32)
   greedy = temperature <= 0
   scaled = logits / jnp.where(greedy, 1.0, temperature)
-  logprobs = jax.nn.log_softmax(scaled, axis=-1)
-  probs = jnp.exp(logprobs)
+  # One exp pass over the vocabulary: unnormalised weights for the draw, and the chosen token's
+  # logprob from the log-partition (a full log_softmax would cost two more passes per step).
+  top = jax.lax.stop_gradient(scaled.max(axis=-1, keepdims=True))
+  weights = jnp.exp(scaled - top)
+  log_z = top[..., 0] + jnp.log(weights.sum(axis=-1))
 
-  def truncated(probs):
+  def truncated(weights):
+    probs = weights / weights.sum(-1, keepdims=True)
     kth = _largest_threshold(probs, lambda keep: keep.sum(-1) >= top_k)
     probs = jnp.where((top_k > 0) & (probs < kth[..., None]), 0.0, probs)
     probs = probs / probs.sum(-1, keepdims=True)
@@ -177,9 +189,9 @@ def sample_token(logits: Array, rng: Array, temperature: Array, top_k: Array, to
   # Filtering costs a few passes over the vocabulary: skip it when no filter is on (the GRPO
   # rollout setting, top_p = 1 and top_k = 0).
   filtering = (top_k > 0) | (top_p < 1.0)
-  sampled = _sample_inverse_cdf(rng, jax.lax.cond(filtering, truncated, lambda p: p, probs))
-  token = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
-  return token, jnp.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0]
+  sampled = _sample_inverse_cdf(rng, jax.lax.cond(filtering, truncated, lambda w: w, weights))
+  token = jnp.where(greedy, first_argmax(logits), sampled).astype(jnp.int32)
+  return token, jnp.take_along_axis(scaled, token[..., None], axis=-1)[..., 0] - log_z
 
 
 @dataclasses.dataclass(frozen=True)

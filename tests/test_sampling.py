@@ -140,6 +140,12 @@ def test_sampling_distribution_chi_square(temperature, top_k, top_p):
   np.testing.assert_allclose(np.asarray(logprobs), np.log(p)[np.asarray(tokens)], atol=1e-5)
 
 
+def test_first_argmax_is_argmax():
+  x = jax.random.normal(jax.random.key(3), (64, 1000))
+  np.testing.assert_array_equal(sampling.first_argmax(x), jnp.argmax(x, axis=-1))
+  np.testing.assert_array_equal(sampling.first_argmax(jnp.array([[1.0, 3.0, 3.0, 0.0]])), [1])  # first of ties
+
+
 def test_tiny_top_p_is_greedy():
   logits = jax.random.normal(jax.random.key(1), (256, 50)) * 2
   tokens, _ = sampling.sample_token(logits, jax.random.key(2), 1.0, 0, 1e-6)
