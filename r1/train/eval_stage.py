@@ -1,0 +1,86 @@
+"""The eval stage: the R1 evaluation protocol (r1/evaluate.py) on the stage's policy, over the
+datasets named in config.eval.datasets; writes <workdir>/eval_report.json and prints the table.
+
+Dataset names: "held_out" (the config's own eval split, `common.prompt_source(config.data,
+"eval")`: for synthetic data the fixed held-out seed the GRPO stage reports on), "train" (its train
+split), "gsm8k" (test), "math500". Each is cut to its first config.eval.num_examples problems.
+
+The stage exports no policy, so `common.stage_done` never marks it done and a pipeline re-runs it;
+the rerun is cheap: it returns the existing eval_report.json without sampling when that report was
+made with the same policy, datasets and settings (its "stage" entry), and evaluates again otherwise.
+"""
+
+import json
+import os
+
+import r1
+from r1 import evaluate as evaluation
+from r1.data import sources, templates
+from r1.train import common
+
+REPORT_FILE = "eval_report.json"
+
+
+def load_dataset(config, name: str) -> list:
+  """The first config.eval.num_examples PromptExamples of the dataset called `name`."""
+  loaders = {"held_out": lambda: common.prompt_source(config.data, "eval"),
+             "train": lambda: common.prompt_source(config.data, "train"),
+             "gsm8k": lambda: sources.load_gsm8k("test"),
+             "math500": sources.load_math500}
+  if name not in loaders:
+    raise ValueError(f"eval.datasets entry {name!r}: expected one of {sorted(loaders)}")
+  source = loaders[name]()
+  n = min(config.eval.num_examples, len(source))
+  return [source[i] for i in range(n)]
+
+
+def stage_settings(config) -> dict:
+  """What the report depends on: the policy, datasets and sampling settings (JSON types only)."""
+  e = config.eval
+  hf_dir = config.init.get("hf_dir", "")
+  policy_file = os.path.join(hf_dir, "config.json")
+  settings = {
+      "policy": hf_dir or f"random_init(model={config.model.name}, seed={config.seed})",
+      # A policy re-exported to the same directory is a different policy.
+      "policy_mtime_ns": os.stat(policy_file).st_mtime_ns if hf_dir and os.path.exists(policy_file) else None,
+      "tokenizer": config.tokenizer.get("path", ""), "data": config.data.to_dict(),
+      "datasets": list(e.get("datasets", ("held_out",))), "num_examples": e.num_examples, "k": e.k,
+      "temperature": e.temperature, "top_p": e.top_p, "top_k": e.get("top_k", 0),
+      "max_new_tokens": e.get("max_new_tokens", config.rollout.max_new_tokens), "batch_size": e.batch_size,
+      "seed": e.seed, "num_report_samples": e.get("num_report_samples", 3),
+      "stop_at_answer": config.rollout.get("stop_at_answer", False)}
+  return json.loads(json.dumps(settings))  # As it reads back from the report (tuples are lists).
+
+
+def evaluate_policy(config, policy: r1.Policy, tokenizer) -> dict:
+  """`r1.evaluate.evaluate` of `policy` on every dataset of config.eval.datasets."""
+  e = config.eval
+  names = list(e.get("datasets", ("held_out",)))
+  if not names or len(set(names)) != len(names):
+    raise ValueError(f"eval.datasets={names}: expected one or more distinct dataset names")
+  return evaluation.evaluate(
+      policy, tokenizer, templates.get_template(config.data.template), {n: load_dataset(config, n) for n in names},
+      k=e.k, temperature=e.temperature, top_p=e.top_p, top_k=e.get("top_k", 0),
+      max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens), batch_size=e.batch_size,
+      stop_tokens=common.stop_tokens(config, tokenizer), seed=e.seed,
+      num_report_samples=e.get("num_report_samples", 3))
+
+
+def run(config, workdir: str) -> dict:
+  """Evaluates the stage's policy into <workdir>/eval_report.json (reused if up to date); returns it."""
+  path = os.path.join(workdir, REPORT_FILE)
+  settings = stage_settings(config)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      report = json.load(f)
+    if report.get("stage") == settings:
+      print(f"eval: {path} is up to date, not re-evaluating")
+      print(evaluation.format_table(report))
+      return report
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer, _ = common.build_tokenizer(config, workdir)
+  report = evaluate_policy(config, common.build_policy(config, tokenizer), tokenizer)
+  report["stage"] = settings
+  evaluation.write_report(path, report)
+  print(evaluation.format_table(report))
+  return report
