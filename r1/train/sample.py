@@ -16,7 +16,9 @@ within a prompt, keep at most `config.sample.max_per_prompt` per prompt, and wri
 
 then exports the starting policy and tokenizer unchanged, so the pipeline's next stage (SFT with
 `sft.source="jsonl"`, `sft.path=<this workdir>/sft_data.jsonl`) starts from the same policy.
-The output is a deterministic function of the policy, the config and `config.sample.seed`.
+The output is a deterministic function of the policy, the config and `config.sample.seed`. Fewer
+than `config.sample.min_kept` (default 1) kept samples is an error raised after the report is
+written and before the export, so the stage is not marked done.
 """
 
 import dataclasses
@@ -208,6 +210,13 @@ def run(config, workdir: str) -> dict:
   print(f"sample: kept {stats['kept']} / {stats['generated']} ({stats['acceptance_rate']:.3f}) from "
         f"{stats['prompts']} prompts; pass rates " +
         ", ".join(f"{name} {rate:.3f}" for name, rate in stats["pass_rates"].items()))
+  min_kept = int(s.get("min_kept", 1))
+  if stats["kept"] < min_kept:
+    # Not exported, so the pipeline does not mark the stage done and never starts an SFT stage on
+    # (almost) no data; the report above says which check rejected the samples.
+    raise RuntimeError(f"sample: kept {stats['kept']} of {stats['generated']} completions < sample.min_kept="
+                       f"{min_kept} (pass rates {stats['pass_rates']}, see {REPORT_FILE}); train the policy longer "
+                       f"or raise sample.k / sample.num_prompts")
   # Last, so that `common.stage_done` (the exported policy exists) implies the data is written.
   common.export_policy(policy, tokenizer_path, workdir)
   return report

@@ -192,7 +192,7 @@ def test_stage_with_scripted_policy_writes_verified_sft_data(tmp_path, tokenizer
 
 
 def test_stage_with_random_init_policy_is_consistent_and_deterministic(tmp_path, tokenizer_path):
-  config = stage_config(tokenizer_path, num_prompts=3, k=4, max_new_tokens=16, min_language=None)
+  config = stage_config(tokenizer_path, num_prompts=3, k=4, max_new_tokens=16, min_language=None, min_kept=0)
   reports = [sample.run(config, str(tmp_path / name)) for name in ("a", "b")]
   assert reports[0] == reports[1]
   assert (tmp_path / "a" / sample.SFT_DATA_FILE).read_text() == (tmp_path / "b" / sample.SFT_DATA_FILE).read_text()
@@ -203,5 +203,11 @@ def test_stage_with_random_init_policy_is_consistent_and_deterministic(tmp_path,
   # An untrained policy rarely stops within 16 tokens; the rate is the sampler's, not a constant.
   assert report["pass_rates"]["all"] <= report["pass_rates"]["stopped"] < 1.0
   assert os.path.exists(tmp_path / "a" / common.POLICY_DIR / "config.json")
+  # Keeping fewer than min_kept is an error, reported but not exported, so a pipeline stops here
+  # instead of running SFT on an (almost) empty file.
+  config.sample.min_kept = 13
+  with pytest.raises(RuntimeError, match=f"kept {report['kept']} of 12 completions < sample.min_kept=13"):
+    sample.run(config, str(tmp_path / "strict"))
+  assert (tmp_path / "strict" / sample.REPORT_FILE).exists() and not common.stage_done(str(tmp_path / "strict"))
   with pytest.raises(ValueError, match="sample.num_prompts=0"):
     sample.run(stage_config(tokenizer_path, num_prompts=0), str(tmp_path / "bad"))
