@@ -12,8 +12,8 @@ from r1.train import common, eval_stage
 from tests.train.test_sample_stage import ScriptedPolicy, stage_config, tokenizer_path  # pylint: disable=unused-import
 
 
-def eval_config(tokenizer_path, datasets=("held_out",), num_examples=3, k=4, max_new_tokens=16):  # pylint: disable=redefined-outer-name
-  c = stage_config(tokenizer_path)
+def eval_config(path, datasets=("held_out",), num_examples=3, k=4, max_new_tokens=16):
+  c = stage_config(path)
   c.stage = "eval"
   c.eval.update({"datasets": datasets, "num_examples": num_examples, "k": k, "batch_size": 2,
                  "max_new_tokens": max_new_tokens, "num_report_samples": num_examples})
