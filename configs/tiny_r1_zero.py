@@ -58,7 +58,8 @@ def get_config(arg: str | None = None):
   c.data.length_buckets = (128, 256)          # the templated prompt is ~92 tokens
 
   c.sft = ml_collections.ConfigDict()
-  c.sft.source = "synthetic"
+  c.sft.source = "synthetic"                  # or "jsonl" with sft.path (set by a pipeline after `sample`)
+  c.sft.path = ""
   c.sft.num_examples = 20_000
   c.sft.seed = 1
   c.sft.seq_len = 256
@@ -66,6 +67,18 @@ def get_config(arg: str | None = None):
   c.sft.mtp_weight = 0.0
   c.sft.num_micro_batches = 1
   c.sft.bias_update_rate = 0.001
+
+  # Rejection sampling (the `sample` stage of longer pipelines): k completions per prompt, kept
+  # when correct, well formatted and finished.
+  c.sample = ml_collections.ConfigDict()
+  c.sample.k = 4 if quick else 16
+  c.sample.num_prompts = 8 if quick else 512
+  c.sample.batch_size = 8
+  c.sample.temperature = 1.0
+  c.sample.top_p = 1.0
+  c.sample.max_per_prompt = 4
+  c.sample.min_language = None                 # e.g. 0.95 with rewards.language for R1 stage 3
+  c.sample.min_kept = 1
 
   c.rollout = ml_collections.ConfigDict()
   c.rollout.num_samples = 4 if quick else 8    # G
@@ -106,6 +119,10 @@ def get_config(arg: str | None = None):
   c.eval.top_p = 0.95
   c.eval.batch_size = 8
   c.eval.seed = 0
+  c.eval.datasets = ("held_out",)              # the `eval` stage: also "gsm8k", "math500"
+
+  # Devices: all 1 runs on one device; e.g. --config.mesh.shape.data=2 --config.mesh.shape.fsdp=2.
+  c.mesh = ml_collections.ConfigDict({"shape": {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}})
 
   c.checkpoint = ml_collections.ConfigDict({"save_every": 2 if quick else 25, "keep": 2})
   c.log = ml_collections.ConfigDict({"progress_seconds": 10, "samples_every": 5, "num_samples": 4})

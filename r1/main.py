@@ -1,7 +1,8 @@
 """r1's entry point: `python -m r1.main --config=configs/<name>.py[:arg] --workdir=DIR`.
 
 The config's `stage` says what runs: `model_report` (parameter counts and a timed forward pass),
-`sft`, `grpo`, or `pipeline` (stages chained in one workdir, each resuming or skipping itself).
+`sft`, `grpo`, `sample` (rejection sampling into an SFT dataset), `eval`, or `pipeline` (stages
+chained in one workdir, each resuming or skipping itself).
 """
 
 import json
@@ -73,8 +74,8 @@ def model_report(config, workdir: str) -> dict:
 
 
 def _training_stages():
-  from r1.train import rl, sft  # pylint: disable=g-import-not-at-top
-  return {"sft": sft.run, "grpo": rl.run}
+  from r1.train import eval_stage, rl, sample, sft  # pylint: disable=g-import-not-at-top
+  return {"sft": sft.run, "grpo": rl.run, "sample": sample.run, "eval": eval_stage.run}
 
 
 def pipeline(config, workdir: str):
@@ -86,6 +87,8 @@ STAGES = {
     "model_report": model_report,
     "sft": lambda config, workdir: _training_stages()["sft"](config, workdir),
     "grpo": lambda config, workdir: _training_stages()["grpo"](config, workdir),
+    "sample": lambda config, workdir: _training_stages()["sample"](config, workdir),
+    "eval": lambda config, workdir: _training_stages()["eval"](config, workdir),
     "pipeline": pipeline,
 }
 

@@ -1,21 +1,26 @@
 """What every training stage builds from its config: tokenizer, prompt sources, policy, optimizer.
 
 Stages hand over through the workdir: each stage writes `<workdir>/policy/` (a Hugging Face
-checkpoint: config.json + safetensors) and `<workdir>/tokenizer.model` when it finishes, and the
+checkpoint: config.json + safetensors) and `<workdir>/tokenizer/` when it finishes, and the
 next stage starts from them (`config.init.hf_dir`, `config.tokenizer.path`).
 """
 
 import os
+import shutil
 
 import jax
+import numpy as np
 
 import r1
+from r1 import sharding
 from r1.data import sources, tasks, templates
-from r1.model import get_model_config, init_variables
+from r1.model import abstract_variables, get_model_config, init_variables
 from r1.tokenizer import load_tokenizer, train_sentencepiece
 
 POLICY_DIR = "policy"
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_DIR = "tokenizer"
+# What a tokenizer directory may hold: a SentencePiece model, or Hugging Face's files.
+_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 
 
 def make_task(data_config):
@@ -47,16 +52,18 @@ def prompt_source(data_config, split: str = "train"):
 
 
 def build_tokenizer(config, workdir: str):
-  """The stage's tokenizer and its file: config.tokenizer.path if set, else a SentencePiece model
-  trained on the task's templated prompts and worked solutions.
+  """The stage's tokenizer and its file: config.tokenizer.path if set, else the tokenizer files of
+  config.init.hf_dir, else a SentencePiece model trained on the task's templated prompts and
+  worked solutions.
 
-  The trained model is written to <workdir>/tokenizer.model once and reused, so a resumed run
-  tokenises exactly as before.
+  The trained model is written to <workdir>/tokenizer/tokenizer.model once and reused, so a
+  resumed run tokenises exactly as before.
   """
-  path = config.tokenizer.get("path", "")
+  # A real checkpoint ships its tokenizer: tokenizer.path, else the init checkpoint directory.
+  path = config.tokenizer.get("path", "") or config.init.get("hf_dir", "")
   if path:
     return load_tokenizer(path), path
-  target = os.path.join(workdir, TOKENIZER_FILE)
+  target = os.path.join(workdir, TOKENIZER_DIR, "tokenizer.model")
   if not os.path.exists(target):
     template = templates.get_template(config.data.template)
     task = make_task(config.data)
@@ -64,7 +71,6 @@ def build_tokenizer(config, workdir: str):
     for i in range(config.tokenizer.corpus_size):
       ex = task.example(config.data.seed + 20_000, i)
       corpus.append(template.render_prompt(ex.prompt) + template.render_response(*task.worked_solution(ex)))
-    os.makedirs(workdir, exist_ok=True)
     train_sentencepiece(corpus, target[:-len(".model")], vocab_size=config.tokenizer.vocab_size)
   return load_tokenizer(target), target
 
@@ -75,6 +81,21 @@ def stop_tokens(config, tokenizer) -> list[int]:
   if config.rollout.get("stop_at_answer", False):
     stops.append(tokenizer.token_to_id("</answer>"))
   return stops
+
+
+def build_mesh(config):
+  """The device mesh of config.mesh.shape (e.g. {"data": 2, "fsdp": 2, "expert": 2}; -1 takes the
+  remaining devices); None (one device, no sharding annotations) when every axis is 1."""
+  shape = {k: int(v) for k, v in dict(config.get("mesh", {}).get("shape", {}) or {}).items()}
+  return sharding.make_mesh(shape) if any(v != 1 for v in shape.values()) else None
+
+
+def place_batch(batch: dict, mesh) -> dict:
+  """Numpy batch arrays onto the mesh, split over the batch axes (unchanged without a mesh)."""
+  if mesh is None:
+    return batch
+  return {k: jax.device_put(v, sharding.logical_to_sharding(
+      jax.sharding.PartitionSpec(*("batch", "length")[:np.ndim(v)]), mesh)) for k, v in batch.items()}
 
 
 def build_policy(config, tokenizer, mesh=None) -> r1.Policy:
@@ -88,19 +109,25 @@ def build_policy(config, tokenizer, mesh=None) -> r1.Policy:
   model_config = get_model_config(config.model.name, vocab_size=tokenizer.vocab_size, **overrides)
   variables = init_variables(model_config, jax.random.key(config.seed))
   if mesh is not None:
-    from r1 import sharding  # pylint: disable=g-import-not-at-top
-    from r1.model import abstract_variables  # pylint: disable=g-import-not-at-top
     variables = jax.device_put(variables, sharding.variable_shardings(abstract_variables(model_config), mesh))
   return r1.Policy(model_config, variables)
 
 
 def export_policy(policy: r1.Policy, tokenizer_path: str | None, workdir: str) -> str:
-  """Writes the stage's output: <workdir>/policy (HF format) and a copy of the tokenizer."""
+  """Writes the stage's output: <workdir>/policy (HF format) and <workdir>/tokenizer/ (a copy of
+  the tokenizer's files: a SentencePiece .model, or tokenizer.json + tokenizer_config.json)."""
   out = os.path.join(workdir, POLICY_DIR)
   r1.save_hf_checkpoint(policy, out)
-  if tokenizer_path and os.path.abspath(tokenizer_path) != os.path.abspath(os.path.join(workdir, TOKENIZER_FILE)):
-    with open(tokenizer_path, "rb") as src, open(os.path.join(workdir, TOKENIZER_FILE), "wb") as dst:
-      dst.write(src.read())
+  if tokenizer_path:
+    src_dir = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
+    names = ([n for n in _TOKENIZER_FILES if os.path.exists(os.path.join(src_dir, n))]
+             if os.path.isdir(tokenizer_path) else [os.path.basename(tokenizer_path)])
+    dst_dir = os.path.join(workdir, TOKENIZER_DIR)
+    os.makedirs(dst_dir, exist_ok=True)
+    for name in names:
+      src, dst = os.path.join(src_dir, name), os.path.join(dst_dir, name)
+      if os.path.abspath(src) != os.path.abspath(dst):
+        shutil.copyfile(src, dst)
   return out
 
 

@@ -14,7 +14,7 @@ import time
 
 import ml_collections
 
-from r1.train import common
+from r1.train import common, sample
 
 
 def stage_config(config, index: int, previous_workdir: str | None) -> ml_collections.ConfigDict:
@@ -28,7 +28,11 @@ def stage_config(config, index: int, previous_workdir: str | None) -> ml_collect
     c.update_from_flattened_dict(_flatten(ml_collections.ConfigDict(overrides).to_dict()))
   if previous_workdir is not None:
     c.init.hf_dir = os.path.join(previous_workdir, common.POLICY_DIR)
-    c.tokenizer.path = os.path.join(previous_workdir, common.TOKENIZER_FILE)
+    c.tokenizer.path = os.path.join(previous_workdir, common.TOKENIZER_DIR)
+    if stage == "sft" and config.pipeline.stages[index - 1] == "sample":
+      # R1 stage 3: SFT on what rejection sampling kept.
+      c.sft.source = "jsonl"
+      c.sft.path = os.path.join(previous_workdir, sample.SFT_DATA_FILE)
   return c
 
 

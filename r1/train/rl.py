@@ -53,7 +53,8 @@ def run(config, workdir: str) -> dict:
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
   template = templates.get_template(config.data.template)
   stops = common.stop_tokens(config, tokenizer)
-  policy = common.build_policy(config, tokenizer)
+  mesh = common.build_mesh(config)
+  policy = common.build_policy(config, tokenizer, mesh)
   mc = policy.config
   g, n = config.rollout.num_samples, config.rollout.max_new_tokens
   o, gc = config.optimizer, config.grpo
@@ -62,10 +63,15 @@ def run(config, workdir: str) -> dict:
       o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
       weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
   state = train_step.init_train_state(policy.variables, optimizer, with_reference=gc.kl_coef > 0)
+  state_shardings = None
+  if mesh is not None:
+    state_shardings = train_step.train_state_shardings(mc, optimizer, mesh, with_reference=gc.kl_coef > 0)
+    state = jax.device_put(state, state_shardings)
   update = train_step.make_grpo_step(
       mc, optimizer, schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.get("clip_eps_high"), kl_coef=gc.kl_coef,
       loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=gc.num_micro_batches,
-      ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate, group_size=g)
+      ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate, group_size=g,
+      state_shardings=state_shardings, mesh=mesh)
 
   data = pipeline.rl_prompt_dataset(common.prompt_source(config.data, "train"), tokenizer, template,
                                     batch_size=config.data.batch_size, seed=config.seed,
@@ -102,11 +108,12 @@ def run(config, workdir: str) -> dict:
     t0 = time.perf_counter()
     out = sampling.generate(mc, current_policy().variables, prompts, num_samples=g, max_new_tokens=n,
                             temperature=config.rollout.temperature, top_p=config.rollout.top_p,
-                            top_k=config.rollout.top_k, stop_tokens=stops, seed=sampling_seed(config, step))
+                            top_k=config.rollout.top_k, stop_tokens=stops, seed=sampling_seed(config, step),
+                            mesh=mesh)
     completions, mask = np.asarray(out.tokens), np.asarray(out.mask)
     lengths, stopped = np.asarray(out.lengths), np.asarray(out.stopped)
     t1 = time.perf_counter()
-    texts = rollout.decode_completions(tokenizer, completions, lengths, stops)
+    texts = rollout.decode_completions(tokenizer, completions, lengths, drop_final=[tokenizer.eos_id])
     total, components = rollout.score(config.rewards, texts, list(batch["examples"]), g)
     t2 = time.perf_counter()
     prompt_tokens, prompt_mask = sampling.pad_prompts(prompts)
@@ -117,7 +124,7 @@ def run(config, workdir: str) -> dict:
     old = np.asarray(out.logprobs) if use_sampler_logprobs else None
     gb = rollout.grpo_batch(prompt_tokens, prompt_mask, completions, mask, old, g)
     gb["advantages"] = np.asarray(grpo.group_advantages(jnp.asarray(total), g, scale_by_std=gc.scale_by_std))
-    state, step_metrics = update(state, gb)
+    state, step_metrics = update(state, common.place_batch(gb, mesh))
     step_metrics = jax.device_get(step_metrics)
     t3 = time.perf_counter()
 

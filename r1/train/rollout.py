@@ -50,9 +50,13 @@ def grpo_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completions: 
   return batch
 
 
-def decode_completions(tokenizer, completions: np.ndarray, lengths: np.ndarray, stop_tokens=()) -> list[str]:
-  """Completion texts: tokens up to each row's length, a final stop token dropped."""
-  stop = set(int(t) for t in stop_tokens)
+def decode_completions(tokenizer, completions: np.ndarray, lengths: np.ndarray, drop_final=()) -> list[str]:
+  """Completion texts: tokens up to each row's length, a final token in `drop_final` removed.
+
+  Pass EOS here, not every stop token: a stop like `</answer>` is part of the text the format
+  reward checks.
+  """
+  stop = set(int(t) for t in drop_final)
   texts = []
   for row, length in zip(np.asarray(completions), np.asarray(lengths)):
     ids = [int(t) for t in row[:int(length)]]

@@ -32,16 +32,22 @@ def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
   template = templates.get_template(config.data.template)
-  policy = common.build_policy(config, tokenizer)
+  mesh = common.build_mesh(config)
+  policy = common.build_policy(config, tokenizer, mesh)
   mc = policy.config
   o = config.optimizer
   optimizer, schedule = optim.make_optimizer(
       o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
       weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
   state = train_step.init_train_state(policy.variables, optimizer, with_reference=False)
+  state_shardings = None
+  if mesh is not None:
+    state_shardings = train_step.train_state_shardings(mc, optimizer, mesh, with_reference=False)
+    state = jax.device_put(state, state_shardings)
   update = train_step.make_sft_step(mc, optimizer, schedule, mtp_weight=config.sft.mtp_weight,
                                     num_micro_batches=config.sft.num_micro_batches,
-                                    bias_update_rate=config.sft.bias_update_rate)
+                                    bias_update_rate=config.sft.bias_update_rate,
+                                    state_shardings=state_shardings, mesh=mesh)
   data = pipeline.sft_dataset(sft_source(config, template), tokenizer, template, seq_len=config.sft.seq_len,
                               batch_size=config.sft.batch_size, seed=config.seed)
   batches = iter(data)
@@ -60,7 +66,7 @@ def run(config, workdir: str) -> dict:
                                   keys=("loss", "nll", "grad_norm"))
   stopped_early = False
   for step in range(start, config.total_steps):
-    state, m = update(state, next(batches))
+    state, m = update(state, common.place_batch(next(batches), mesh))
     done = step + 1
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     writer.write(done, m)

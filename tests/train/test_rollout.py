@@ -39,5 +39,5 @@ def test_decode_completions_drops_the_stop_token():
   class Tok:
     def decode(self, ids):
       return " ".join(map(str, ids))
-  texts = rollout.decode_completions(Tok(), np.array([[4, 5, 2, 0], [7, 8, 9, 6]]), np.array([3, 4]), stop_tokens=[2])
+  texts = rollout.decode_completions(Tok(), np.array([[4, 5, 2, 0], [7, 8, 9, 6]]), np.array([3, 4]), drop_final=[2])
   assert texts == ["4 5", "7 8 9 6"]

@@ -39,7 +39,7 @@ def test_quick_pipeline_writes_every_output(tmp_path):
   assert proc.returncode == 0, err[-3000:]
   for stage in ("0_sft", "1_grpo"):
     d = tmp_path / stage
-    assert (d / "policy" / "config.json").exists() and (d / "tokenizer.model").exists()
+    assert (d / "policy" / "config.json").exists() and (d / "tokenizer" / "tokenizer.model").exists()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(d / "tb"))
     assert os.listdir(d / "checkpoints")
     assert _metrics(d)[-1]["step"] >= 2

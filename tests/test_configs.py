@@ -1,0 +1,51 @@
+"""Every experiment config loads, names a real stage and model, and has every field its stage
+reads (the tiny config, which the integration tests run, is the reference schema)."""
+
+import importlib.util
+import os
+
+import pytest
+
+from r1 import main
+from r1.model import configs as model_configs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+TRAINING_SECTIONS = ("data", "rollout", "grpo", "optimizer", "eval", "checkpoint", "log", "mesh", "model", "init",
+                     "tokenizer")
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, "configs", name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _keys(d, prefix=""):
+  out = set()
+  for k, v in d.items():
+    out.add(prefix + k)
+    if isinstance(v, dict) and k not in ("overrides", "task_knobs", "shape", "rewards"):
+      out |= _keys(v, prefix + k + ".")
+  return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_with_a_known_stage_and_model(name):
+  config = load(name)
+  assert config.stage in main.STAGES, config.stage
+  assert config.model.name in model_configs.names()
+  with open(os.path.join(ROOT, "configs", name)) as f:
+    assert f.read().lstrip().startswith('"""'), f"{name} needs a docstring (what, hardware, command)"
+
+
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c not in ("model_report.py", "tiny_r1_zero.py")])
+def test_training_configs_have_the_fields_their_stage_reads(name):
+  reference = _keys(load("tiny_r1_zero.py").to_dict())
+  config = _keys(load(name).to_dict())
+  for section in TRAINING_SECTIONS:
+    expected = {k for k in reference if k.startswith(section + ".") and not k.startswith("data.task")
+                and k not in ("data.train_size", "data.eval_size")}
+    missing = sorted(expected - config)
+    assert not missing, f"{name} lacks {missing}"
