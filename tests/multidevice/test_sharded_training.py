@@ -9,7 +9,7 @@ import sys
 from tests.multidevice.test_sharded_model import ROOT
 
 FLAGS = ["--config=configs/tiny_r1_zero.py:quick", "--config.stage=grpo", "--config.total_steps=2",
-         "--config.eval.at_start=False", "--config.eval.num_examples=8"]
+         "--config.eval.at_start=False", "--config.eval.num_examples=8", "--config.data.batch_size=8"]
 
 
 def _run(workdir, devices, extra=()):
