@@ -42,6 +42,11 @@ def get_config(arg: str | None = None):
   c.rollout.top_k = 0
   c.rollout.stop_at_answer = True
 
+  c.rollout.dynamic_sampling = False
+  c.rollout.max_extra_rounds = 2
+  c.rollout.overlong = "none"
+  c.rollout.overlong_buffer = 512
+
   c.grpo = ml_collections.ConfigDict()
   c.grpo.kl_coef = 0.04
   c.grpo.clip_eps = 0.2

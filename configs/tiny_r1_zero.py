@@ -87,6 +87,10 @@ def get_config(arg: str | None = None):
   c.rollout.top_p = 1.0
   c.rollout.top_k = 0
   c.rollout.stop_at_answer = True              # stop at </answer> as well as EOS
+  c.rollout.dynamic_sampling = False           # DAPO: refill groups whose rewards are all equal
+  c.rollout.max_extra_rounds = 2
+  c.rollout.overlong = "none"                  # "mask" (DAPO filtering) or "penalty" (soft punishment)
+  c.rollout.overlong_buffer = 16
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.kl_coef = 0.001                       # R1's beta

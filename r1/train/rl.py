@@ -101,29 +101,55 @@ def run(config, workdir: str) -> dict:
     writer.write(0, eval_scalars(reports["before"]))
     print(evaluation.format_table(reports["before"]))
 
-  stopped_early = False
-  for step in range(start, config.total_steps):
-    batch = next(batches)
-    prompts = [list(row[mask]) for row, mask in zip(batch["prompt_tokens"], batch["prompt_mask"])]
-    t0 = time.perf_counter()
+  timing = {}
+
+  def rollout_round(batch, seed):
+    """G completions for each prompt of `batch`, decoded and scored (host-side numpy)."""
+    t = time.perf_counter()
+    prompts = [list(row[m]) for row, m in zip(batch["prompt_tokens"], batch["prompt_mask"])]
     out = sampling.generate(mc, current_policy().variables, prompts, num_samples=g, max_new_tokens=n,
                             temperature=config.rollout.temperature, top_p=config.rollout.top_p,
-                            top_k=config.rollout.top_k, stop_tokens=stops, seed=sampling_seed(config, step),
-                            mesh=mesh)
-    completions, mask = np.asarray(out.tokens), np.asarray(out.mask)
-    lengths, stopped = np.asarray(out.lengths), np.asarray(out.stopped)
+                            top_k=config.rollout.top_k, stop_tokens=stops, seed=seed, mesh=mesh)
+    rnd = {"prompts": prompts, "examples": list(batch["examples"]), "completions": np.asarray(out.tokens),
+           "mask": np.asarray(out.mask), "lengths": np.asarray(out.lengths), "stopped": np.asarray(out.stopped),
+           "logprobs": np.asarray(out.logprobs)}
+    timing["generate"] = timing.get("generate", 0.0) + time.perf_counter() - t
+    t = time.perf_counter()
+    rnd["texts"] = rollout.decode_completions(tokenizer, rnd["completions"], rnd["lengths"],
+                                              drop_final=[tokenizer.eos_id])
+    rnd["total"], rnd["components"] = rollout.score(config.rewards, rnd["texts"], rnd["examples"], g)
+    if config.rollout.overlong == "penalty":  # DAPO 3.4: soft punishment in the last tokens
+      rnd["components"]["overlong"] = rollout.overlong_penalty(rnd["lengths"], n, config.rollout.overlong_buffer)
+      rnd["total"] = rnd["total"] + rnd["components"]["overlong"]
+    timing["reward"] = timing.get("reward", 0.0) + time.perf_counter() - t
+    return rnd
+
+  stopped_early = False
+  for step in range(start, config.total_steps):
+    t0 = time.perf_counter()
+    timing.clear()
+    rounds = [rollout_round(next(batches), sampling_seed(config, step))]
+    # DAPO dynamic sampling: groups whose G rewards are equal teach nothing; draw more prompts
+    # (at most max_extra_rounds batches) and keep informative groups first.
+    while (config.rollout.dynamic_sampling and len(rounds) <= config.rollout.max_extra_rounds
+           and sum(rollout.informative_groups(r["total"], g).sum() for r in rounds) < config.data.batch_size):
+      rounds.append(rollout_round(next(batches), sampling_seed(config, step) + 7919 * len(rounds)))
+    rnd = rollout.take_groups(rounds, config.data.batch_size, g, config.rollout.dynamic_sampling)
+    total, components, lengths, stopped = rnd["total"], rnd["components"], rnd["lengths"], rnd["stopped"]
+    texts = rnd["texts"]
     t1 = time.perf_counter()
-    texts = rollout.decode_completions(tokenizer, completions, lengths, drop_final=[tokenizer.eos_id])
-    total, components = rollout.score(config.rewards, texts, list(batch["examples"]), g)
-    t2 = time.perf_counter()
-    prompt_tokens, prompt_mask = sampling.pad_prompts(prompts)
+    prompt_tokens, prompt_mask = sampling.pad_prompts(rnd["prompts"])
     # With mu > 1 the later iterations need pi_old: the sampler's logprobs are exactly that at
     # temperature 1 (the paper's rollouts). At mu = 1, or another temperature, the first
     # iteration's own logprobs serve, which makes the ratio exactly 1 (as in TRL).
     use_sampler_logprobs = gc.num_iterations > 1 and config.rollout.temperature == 1.0
-    old = np.asarray(out.logprobs) if use_sampler_logprobs else None
-    gb = rollout.grpo_batch(prompt_tokens, prompt_mask, completions, mask, old, g)
+    old = rnd["logprobs"] if use_sampler_logprobs else None
+    # DAPO overlong filtering: truncated completions keep their reward in the group statistics but
+    # contribute no loss.
+    loss_mask = rnd["mask"] & stopped[:, None] if config.rollout.overlong == "mask" else rnd["mask"]
+    gb = rollout.grpo_batch(prompt_tokens, prompt_mask, rnd["completions"], loss_mask, old, g)
     gb["advantages"] = np.asarray(grpo.group_advantages(jnp.asarray(total), g, scale_by_std=gc.scale_by_std))
+    t2 = time.perf_counter()
     state, step_metrics = update(state, common.place_batch(gb, mesh))
     step_metrics = jax.device_get(step_metrics)
     t3 = time.perf_counter()
@@ -132,8 +158,9 @@ def run(config, workdir: str) -> dict:
     if "accuracy" in components:
       m["accuracy"] = float(components["accuracy"].mean())
     m.update({k: float(v) for k, v in step_metrics.items()})
-    m.update({"time/generate": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2,
-              "sampler/tokens_per_s": float(lengths.sum()) / max(t1 - t0, 1e-9),
+    m.update({"time/generate": timing["generate"], "time/reward": timing["reward"], "time/update": t3 - t2,
+              "time/step": t3 - t0, "rollout/rounds": len(rounds),
+              "sampler/tokens_per_s": float(sum(r["lengths"].sum() for r in rounds)) / max(timing["generate"], 1e-9),
               "compiles/prefill": sampling.compile_count()["prefill"],
               "compiles/decode": sampling.compile_count()["decode"]})
     done = step + 1

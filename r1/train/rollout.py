@@ -72,3 +72,45 @@ def score(reward_specs, texts: list[str], examples: list, num_samples: int) -> t
   repeated = [ex for ex in examples for _ in range(num_samples)]
   total, components = registry.compute_rewards(reward_specs, texts, repeated)
   return np.asarray(total, np.float32), {k: np.asarray(v, np.float32) for k, v in components.items()}
+
+
+def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, buffer: int) -> np.ndarray:
+  """DAPO's soft overlong punishment, f32[N]: 0 up to max_new_tokens - buffer tokens, then falling
+  linearly to -1 at max_new_tokens (a truncated completion)."""
+  start = max_new_tokens - buffer
+  return -np.clip((np.asarray(lengths, np.float32) - start) / max(buffer, 1), 0.0, 1.0)
+
+
+def informative_groups(total: np.ndarray, num_samples: int) -> np.ndarray:
+  """bool[B]: groups whose rewards are not all equal (the others get zero advantage, DAPO 3.2)."""
+  groups = np.asarray(total).reshape(-1, num_samples)
+  return groups.max(axis=1) > groups.min(axis=1)
+
+
+def take_groups(rounds: list[dict], num_groups: int, num_samples: int, dynamic: bool) -> dict:
+  """Assembles a fixed-size batch of `num_groups` groups from one or more rollout rounds.
+
+  Each round is a dict of per-row arrays/lists ([B*G] leading) plus per-group lists ([B]: the
+  keys "prompts" and "examples"). Without dynamic sampling the first round is used as is; with it,
+  informative groups come first (in round order), then zero-variance ones fill what is left, so
+  shapes stay static even when the extra rounds run out.
+  """
+  if not dynamic:
+    return rounds[0]
+  chosen = []
+  for informative_first in (True, False):
+    for r, rnd in enumerate(rounds):
+      for b, keep in enumerate(informative_groups(rnd["total"], num_samples)):
+        if keep == informative_first and len(chosen) < num_groups:
+          chosen.append((r, b))
+  out = {}
+  for key in rounds[0]:
+    if key in ("prompts", "examples"):
+      out[key] = [rounds[r][key][b] for r, b in chosen]
+    elif isinstance(rounds[0][key], dict):
+      out[key] = {k: np.concatenate([rounds[r][key][k][b * num_samples:(b + 1) * num_samples] for r, b in chosen])
+                  for k in rounds[0][key]}
+    else:
+      rows = [rounds[r][key][b * num_samples:(b + 1) * num_samples] for r, b in chosen]
+      out[key] = np.concatenate(rows) if isinstance(rows[0], np.ndarray) else [x for row in rows for x in row]
+  return out

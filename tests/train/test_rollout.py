@@ -41,3 +41,31 @@ def test_decode_completions_drops_the_stop_token():
       return " ".join(map(str, ids))
   texts = rollout.decode_completions(Tok(), np.array([[4, 5, 2, 0], [7, 8, 9, 6]]), np.array([3, 4]), drop_final=[2])
   assert texts == ["4 5", "7 8 9 6"]
+
+
+def test_overlong_penalty_is_dapo_soft_punishment():
+  np.testing.assert_allclose(rollout.overlong_penalty(np.array([10, 96, 100, 112, 128]), 128, 32),
+                             [0.0, 0.0, -0.125, -0.5, -1.0])
+
+
+def test_take_groups_prefers_informative_groups_and_keeps_shapes():
+  g = 2
+
+  def round_(totals, tag):
+    totals = np.asarray(totals, np.float32)
+    b = len(totals) // g
+    return {"prompts": [f"{tag}{i}" for i in range(b)], "examples": [f"{tag}{i}" for i in range(b)],
+            "total": totals, "lengths": np.arange(len(totals)), "texts": [f"{tag}{i}" for i in range(len(totals))],
+            "components": {"accuracy": totals}}
+
+  first = round_([1, 1, 0, 1, 0, 0], "a")      # groups a0 (flat), a1 (informative), a2 (flat)
+  second = round_([0, 1, 1, 1, 1, 0], "b")     # b0, b2 informative
+  out = rollout.take_groups([first, second], 3, g, dynamic=True)
+  assert out["prompts"] == ["a1", "b0", "b2"]
+  np.testing.assert_array_equal(out["total"], [0, 1, 0, 1, 1, 0])
+  assert out["texts"] == ["a2", "a3", "b0", "b1", "b4", "b5"]
+  np.testing.assert_array_equal(out["components"]["accuracy"], out["total"])
+  # Not enough informative groups: flat ones fill, in order.
+  short = rollout.take_groups([first], 3, g, dynamic=True)
+  assert short["prompts"] == ["a1", "a0", "a2"]
+  assert rollout.take_groups([first, second], 3, g, dynamic=False) is first

@@ -83,3 +83,18 @@ def test_sigterm_then_rerun_resumes_exactly(tmp_path):
   resumed = _deterministic(_metrics(workdir))
   assert sorted(resumed) == [1, 2, 3, 4]
   assert resumed == expected
+
+
+def test_dapo_dynamic_sampling_and_overlong_penalty(tmp_path):
+  proc = _main(tmp_path, GRPO_ONLY[:1] + ["--config.stage=grpo", "--config.total_steps=1", "--config.eval.at_start=False",
+                                          "--config.eval.num_examples=4", "--config.rollout.dynamic_sampling=True",
+                                          "--config.rollout.max_extra_rounds=1", "--config.rollout.overlong=penalty",
+                                          "--config.rollout.max_new_tokens=32", "--config.rollout.overlong_buffer=8"])
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  row = [r for r in _metrics(tmp_path) if "reward" in r][0]
+  # A random policy never answers right: every group is flat, so the extra round is drawn.
+  assert row["rollout/rounds"] == 2
+  assert row["frac_reward_zero_std"] <= 1.0
+  # 32-token completions from a random policy mostly run to the end: the penalty is there.
+  assert -1.0 <= row["rewards/overlong/mean"] < 0.0
