@@ -1,0 +1,75 @@
+"""DeepSeek-R1: the four training stages on DeepSeek-V3-Base, chained in one workdir.
+
+Reproduces the R1 pipeline (arXiv:2501.12948, section 2.3): (1) cold-start SFT on a few thousand
+long chain-of-thought examples; (2) reasoning-oriented GRPO with accuracy, format and
+language-consistency rewards; (3) rejection sampling from the stage-2 policy (correct, well
+formatted, no language mixing), then SFT on that data (plus any non-reasoning SFT data you merge
+into the JSONL); (4) GRPO for all scenarios; then evaluation. Each stage starts from the previous
+stage's exported policy and skips itself when its output exists, so the same command resumes.
+
+Stage 4 in the paper also uses model-based rewards for helpfulness/harmlessness; r1 runs it with
+the rule-based rewards only (no reward-model head is configured) and says so here.
+
+Hardware: a TPU v5p-1024 slice or larger (see configs/r1_zero_deepseek_v3.py for the mesh).
+
+  python -m r1.main --config=configs/r1_deepseek_v3.py --workdir=gs://bucket/r1 \\
+    --config.init.hf_dir=/mnt/ckpt/DeepSeek-V3-Base --config.sft.path=/mnt/data/cold_start.jsonl \\
+    --config.data.path=/mnt/data/reasoning_prompts.jsonl
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _r1_zero_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "r1_zero_deepseek_v3.py")
+  spec = importlib.util.spec_from_file_location("r1_zero_deepseek_v3", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(arg: str | None = None):
+  del arg
+  c = _r1_zero_config()                         # model, data, rollout, GRPO and eval of R1-Zero
+  c.stage = "pipeline"
+  c.pipeline = ml_collections.ConfigDict()
+  c.pipeline.stages = ("sft", "grpo", "sample", "sft", "grpo", "eval")
+  c.pipeline.stage_overrides = (
+      # 1. Cold start: thousands of long-CoT examples, a couple of epochs.
+      {"total_steps": 1000, "optimizer": {"learning_rate": 5e-6, "warmup_steps": 50, "schedule": "cosine"}},
+      # 2. Reasoning RL: rule-based rewards plus language consistency against language mixing.
+      {"total_steps": 4000, "rewards": {"accuracy": 1.0, "format": 1.0, "language": 0.1}},
+      # 3a. Rejection sampling from the stage-2 policy (defaults in c.sample below).
+      {},
+      # 3b. SFT on the kept samples (the pipeline points sft.path at them), two epochs.
+      {"total_steps": 2000, "optimizer": {"learning_rate": 5e-6, "warmup_steps": 50, "schedule": "cosine"}},
+      # 4. RL for all scenarios (rule-based rewards only here).
+      {"total_steps": 2000, "grpo": {"clip_eps": 0.2}},
+      # Evaluation of the final policy.
+      {},
+  )
+  c.sft = ml_collections.ConfigDict()
+  c.sft.source = "jsonl"                       # cold-start data: prompt, response
+  c.sft.path = ""
+  c.sft.num_examples = 0
+  c.sft.seed = 0
+  c.sft.seq_len = 32_768
+  c.sft.batch_size = 64
+  c.sft.mtp_weight = 0.3                       # V3's MTP objective during SFT
+  c.sft.num_micro_batches = 16
+  c.sft.bias_update_rate = 0.0
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.k = 16
+  c.sample.num_prompts = 40_000                # ~600k reasoning samples kept in the paper
+  c.sample.batch_size = 32
+  c.sample.temperature = 1.0
+  c.sample.top_p = 0.95
+  c.sample.max_per_prompt = 4
+  c.sample.min_language = 0.95                 # R1: filter chains of thought with mixed languages
+  c.sample.min_kept = 1
+  c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})
+  return c
