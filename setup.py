@@ -33,6 +33,6 @@ setuptools.setup(
         "hf": ["tokenizers>=0.20", "pyarrow>=15"],
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "tokenizers>=0.20", "pyarrow>=15"],
         # Only to regenerate tests/fixtures and for side-by-side benchmarks; never imported by r1.
-        "fixtures": ["torch>=2.5", "transformers>=4.57", "accelerate>=1.0"],
+        "fixtures": ["torch>=2.5", "transformers>=4.57", "accelerate>=1.10.1", "trl>=1.16"],
     },
 )

@@ -50,13 +50,14 @@ def get_config(arg: str | None = None):
   c.grpo = ml_collections.ConfigDict()
   c.grpo.kl_coef = 0.04
   c.grpo.clip_eps = 0.2
-  c.grpo.clip_eps_high = None
+  c.grpo.clip_eps_high = ml_collections.config_dict.placeholder(float)  # None: symmetric
   c.grpo.loss_agg = "seq-mean-token-mean"
   c.grpo.num_iterations = 1
   c.grpo.num_micro_batches = 4
   c.grpo.ref_update_every = 400
   c.grpo.bias_update_rate = 0.0
   c.grpo.scale_by_std = True
+  c.grpo.logits_chunk_size = 256                # LM head in time chunks: [B, chunk, V] logits at a time
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.2})
 

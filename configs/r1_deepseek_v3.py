@@ -61,6 +61,7 @@ def get_config(arg: str | None = None):
   c.sft.mtp_weight = 0.3                       # V3's MTP objective during SFT
   c.sft.num_micro_batches = 16
   c.sft.bias_update_rate = 0.0
+  c.sft.logits_chunk_size = 256
 
   c.sample = ml_collections.ConfigDict()
   c.sample.k = 16

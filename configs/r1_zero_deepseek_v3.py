@@ -59,13 +59,14 @@ def get_config(arg: str | None = None):
   c.grpo = ml_collections.ConfigDict()
   c.grpo.kl_coef = 0.001
   c.grpo.clip_eps = 10.0                         # "clip ratio 10" in the first RL stage
-  c.grpo.clip_eps_high = None
+  c.grpo.clip_eps_high = ml_collections.config_dict.placeholder(float)  # None: symmetric
   c.grpo.loss_agg = "seq-mean-token-mean"
   c.grpo.num_iterations = 1
   c.grpo.num_micro_batches = 16                  # 512 rollouts in 16 mini-batches
   c.grpo.ref_update_every = 400
   c.grpo.bias_update_rate = 0.0                  # keep the pretrained expert balance fixed in RL
   c.grpo.scale_by_std = True
+  c.grpo.logits_chunk_size = 256                # LM head in time chunks: [B, chunk, V] logits at a time
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})
 

@@ -67,6 +67,7 @@ def get_config(arg: str | None = None):
   c.sft.mtp_weight = 0.0
   c.sft.num_micro_batches = 1
   c.sft.bias_update_rate = 0.001
+  c.sft.logits_chunk_size = ml_collections.config_dict.placeholder(int)  # None: a small vocab needs no chunking
 
   # Rejection sampling (the `sample` stage of longer pipelines): k completions per prompt, kept
   # when correct, well formatted and finished.
@@ -77,7 +78,7 @@ def get_config(arg: str | None = None):
   c.sample.temperature = 1.0
   c.sample.top_p = 1.0
   c.sample.max_per_prompt = 4
-  c.sample.min_language = None                 # e.g. 0.95 with rewards.language for R1 stage 3
+  c.sample.min_language = ml_collections.config_dict.placeholder(float)  # e.g. 0.95 with rewards.language for R1 stage 3
   c.sample.min_kept = 1
 
   c.rollout = ml_collections.ConfigDict()
@@ -95,13 +96,15 @@ def get_config(arg: str | None = None):
   c.grpo = ml_collections.ConfigDict()
   c.grpo.kl_coef = 0.001                       # R1's beta
   c.grpo.clip_eps = 0.2
-  c.grpo.clip_eps_high = None
+  c.grpo.clip_eps_high = ml_collections.config_dict.placeholder(float)  # None: symmetric
   c.grpo.loss_agg = "seq-mean-token-mean"
   c.grpo.num_iterations = 1                    # mu
   c.grpo.num_micro_batches = 1
   c.grpo.ref_update_every = 400
   c.grpo.bias_update_rate = 0.001
   c.grpo.scale_by_std = True
+  # The LM head in time chunks of this many tokens ([B, chunk, V] logits at a time); None: whole.
+  c.grpo.logits_chunk_size = ml_collections.config_dict.placeholder(int)
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.5})
 

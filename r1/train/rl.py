@@ -71,7 +71,7 @@ def run(config, workdir: str) -> dict:
       mc, optimizer, schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.get("clip_eps_high"), kl_coef=gc.kl_coef,
       loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=gc.num_micro_batches,
       ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate, group_size=g,
-      state_shardings=state_shardings, mesh=mesh)
+      logits_chunk_size=gc.get("logits_chunk_size"), state_shardings=state_shardings, mesh=mesh)
 
   data = pipeline.rl_prompt_dataset(common.prompt_source(config.data, "train"), tokenizer, template,
                                     batch_size=config.data.batch_size, seed=config.seed,

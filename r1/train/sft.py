@@ -47,6 +47,7 @@ def run(config, workdir: str) -> dict:
   update = train_step.make_sft_step(mc, optimizer, schedule, mtp_weight=config.sft.mtp_weight,
                                     num_micro_batches=config.sft.num_micro_batches,
                                     bias_update_rate=config.sft.bias_update_rate,
+                                    logits_chunk_size=config.sft.get("logits_chunk_size"),
                                     state_shardings=state_shardings, mesh=mesh)
   data = pipeline.sft_dataset(sft_source(config, template), tokenizer, template, seq_len=config.sft.seq_len,
                               batch_size=config.sft.batch_size, seed=config.seed)
