@@ -21,6 +21,7 @@ from r1 import eval_metrics
 from r1 import tokenizer as tokenizer_lib
 from r1.data import tasks as tasks_lib
 from r1.data import templates as templates_lib
+from r1.rewards import accuracy
 from r1.rewards import format as format_lib
 from r1.rewards import math as math_lib
 from r1.rewards import reflection as reflection_lib
@@ -64,20 +65,11 @@ def grade(completions: Sequence[str], examples: Sequence, pool=None
   """
   if len(completions) != len(examples):
     raise ValueError(f"grade: {len(completions)} completions != {len(examples)} examples")
-  answers = [math_lib.extract_answer(c) for c in completions]
-  correct = np.zeros(len(completions), bool)
-  math_rows = []
-  for i, ex in enumerate(examples):
+  for ex in examples:
     _check_verifier(ex.verifier)
-    if ex.verifier == "math":
-      math_rows.append(i)
-    elif answers[i] is not None:
-      correct[i] = _synthetic_ok(tasks_lib.get_verifier(ex.verifier), answers[i], ex.gold, ex.meta)
-  if math_rows:
-    # One batched call: cheap checks here, undecided pairs spread over the pool's workers.
-    rewards = math_lib.verify_batch([completions[i] for i in math_rows],
-                                    [examples[i].gold for i in math_rows], pool=pool)
-    correct[math_rows] = rewards > 0.5
+  answers = [math_lib.extract_answer(c) for c in completions]
+  # The same routing as the training reward (math: batched sympy over the pool; tasks: theirs).
+  correct = accuracy.accuracy_reward(list(completions), list(examples), pool=pool) > 0.5
   return correct, answers
 
 

@@ -229,7 +229,7 @@ def _expand_fn(config: ModelConfig):
 
 @functools.lru_cache(maxsize=64)
 def _decode_fn(program: _Program):
-  config, g, n = program.config, program.num_samples, program.max_new_tokens
+  config, n = program.config, program.max_new_tokens
   model = Transformer(config)
   stop = jnp.asarray(program.stop_tokens or (-1,), jnp.int32)
 

@@ -8,11 +8,14 @@ next stage starts from them (`config.init.hf_dir`, `config.tokenizer.path`).
 import os
 import shutil
 
+from absl import logging
 import jax
 import numpy as np
 
 import r1
+from r1 import metrics as metrics_lib
 from r1 import sharding
+from r1.checkpoints.manager import TrainCheckpointer
 from r1.data import sources, tasks, templates
 from r1.model import abstract_variables, get_model_config, init_variables
 from r1.tokenizer import load_tokenizer, train_sentencepiece
@@ -129,6 +132,28 @@ def export_policy(policy: r1.Policy, tokenizer_path: str | None, workdir: str) -
       if os.path.abspath(src) != os.path.abspath(dst):
         shutil.copyfile(src, dst)
   return out
+
+
+def policy_of(model_config, state) -> r1.Policy:
+  """The policy a train state holds (its own buffers: valid until the next donating update)."""
+  variables = {"params": state.params, "moe_bias": state.moe_bias} if state.moe_bias else {"params": state.params}
+  return r1.Policy(model_config, variables)
+
+
+def resume(config, workdir: str, state, batches):
+  """Opens the stage's checkpoints and metrics; restores state and data position if a checkpoint
+  exists. Returns (checkpointer, state, start step, metrics writer)."""
+  ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.save_every,
+                           keep=config.checkpoint.keep)
+  ckpt.install_preemption_handler()
+  start = ckpt.latest_step() or 0
+  if start:
+    state = ckpt.restore(start, target_state=state, iterator=batches)
+    logging.info("resumed from step %d", start)
+  # Lines up to `start` belong to the checkpointed run (metrics of step s are written before
+  # checkpoint s); anything after it is dropped and written again.
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start + 1 if start else 0)
+  return ckpt, state, start, writer
 
 
 def stage_done(workdir: str) -> bool:

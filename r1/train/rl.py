@@ -16,10 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import r1
 from r1 import evaluate as evaluation
 from r1 import grpo, metrics as metrics_lib, optim, sampling, train_step
-from r1.checkpoints.manager import TrainCheckpointer
 from r1.data import pipeline, templates
 from r1.train import common, rollout
 
@@ -79,21 +77,11 @@ def run(config, workdir: str) -> dict:
   batches = iter(data)
   eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
 
-  ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.save_every,
-                           keep=config.checkpoint.keep)
-  ckpt.install_preemption_handler()
-  start = ckpt.latest_step() or 0
-  if start:
-    state = ckpt.restore(start, target_state=state, iterator=batches)
-    logging.info("resumed from step %d", start)
-  # Lines up to `start` belong to the checkpointed run (metrics of step s are written before
-  # checkpoint s); anything after it is dropped and written again.
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start + 1 if start else 0)
+  ckpt, state, start, writer = common.resume(config, workdir, state, batches)
   progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds)
 
   def current_policy():
-    return r1.Policy(mc, {"params": state.params, "moe_bias": state.moe_bias} if state.moe_bias
-                     else {"params": state.params})
+    return common.policy_of(mc, state)
 
   reports = {}
   if start == 0 and config.eval.at_start:
@@ -137,7 +125,6 @@ def run(config, workdir: str) -> dict:
     rnd = rollout.take_groups(rounds, config.data.batch_size, g, config.rollout.dynamic_sampling)
     total, components, lengths, stopped = rnd["total"], rnd["components"], rnd["lengths"], rnd["stopped"]
     texts = rnd["texts"]
-    t1 = time.perf_counter()
     prompt_tokens, prompt_mask = sampling.pad_prompts(rnd["prompts"])
     # With mu > 1 the later iterations need pi_old: the sampler's logprobs are exactly that at
     # temperature 1 (the paper's rollouts). At mu = 1, or another temperature, the first

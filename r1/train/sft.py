@@ -6,13 +6,10 @@ same sharding, checkpointing, metrics and hand-over as the GRPO stage (r1/train/
 
 import os
 
-from absl import logging
 import jax
 
-import r1
 from r1 import evaluate as evaluation
 from r1 import metrics as metrics_lib, optim, train_step
-from r1.checkpoints.manager import TrainCheckpointer
 from r1.data import pipeline, sources, tasks, templates
 from r1.train import common, rl
 
@@ -53,16 +50,7 @@ def run(config, workdir: str) -> dict:
                               batch_size=config.sft.batch_size, seed=config.seed)
   batches = iter(data)
 
-  ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), save_every=config.checkpoint.save_every,
-                           keep=config.checkpoint.keep)
-  ckpt.install_preemption_handler()
-  start = ckpt.latest_step() or 0
-  if start:
-    state = ckpt.restore(start, target_state=state, iterator=batches)
-    logging.info("resumed from step %d", start)
-  # Lines up to `start` belong to the checkpointed run (metrics of step s are written before
-  # checkpoint s); anything after it is dropped and written again.
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start + 1 if start else 0)
+  ckpt, state, start, writer = common.resume(config, workdir, state, batches)
   progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds,
                                   keys=("loss", "nll", "grad_norm"))
   stopped_early = False
@@ -81,8 +69,7 @@ def run(config, workdir: str) -> dict:
 
   report = {}
   if not stopped_early:
-    final = r1.Policy(mc, {"params": state.params, "moe_bias": state.moe_bias} if state.moe_bias
-                      else {"params": state.params})
+    final = common.policy_of(mc, state)
     if config.eval.at_end:
       eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
       report = rl.run_eval(config, final, tokenizer, template, eval_examples,

@@ -1,7 +1,6 @@
 """Run under 8 fake CPU devices (see test_sharded_sampling.py): sharded sampling == one device."""
 
 import json
-import os
 import sys
 
 import jax

@@ -1,7 +1,6 @@
 """Code reward and its sandbox: correct programs pass; hostile ones are contained and score 0."""
 
 import os
-import signal
 import socket
 import time
 
