@@ -7,7 +7,9 @@ dropless by default and has two kernels with identical numbers (tests check):
             matmul. C = N (all tokens) when dropless, so it spends E/K times the routed FLOPs; on
             XLA:CPU it is still ~15x faster than ragged_dot, so it is the CPU default.
   "ragged": tokens sorted by expert and `jax.lax.ragged_dot` (grouped GEMM), exact FLOPs; for TPU/GPU.
-A capacity factor (optional) bounds C to ceil(cf * N * K / E) and drops the overflow, GShard-style.
+Dropless einsum first tries C = 2 N K / E (twice the balanced load) and falls back to C = N only
+when an expert got more tokens than that (`lax.cond`: one branch runs). A capacity factor
+(optional) bounds C to ceil(cf * N * K / E) and drops the overflow, GShard-style.
 """
 
 import math
@@ -20,6 +22,10 @@ from r1.model import layers
 from r1.model.config import ModelConfig
 
 Array = jax.Array
+
+
+# Capacity (as a factor of the balanced load N*K/E) of the einsum kernel's first-choice buffer.
+DROPLESS_FAST_CAPACITY_FACTOR = 2.0
 
 
 def route(router_logits: Array, bias: Array | None, config: ModelConfig) -> tuple[Array, Array]:
@@ -117,13 +123,23 @@ class MoE(nn.Module):
           x_sorted, wi_up.astype(cd), group_sizes)
       y_sorted = jax.lax.ragged_dot(h, wo.astype(cd), group_sizes)              # [N*K, D]
     else:
+      def padded_experts(cap):
+        buf = jnp.zeros((e, cap, d), cd).at[sorted_experts, rank].set(x_sorted, mode="drop")
+        buf = layers.constrain(buf, ("act_exp", None, "act_embed"))
+        h = nn.silu(jnp.einsum("ecd,edf->ecf", buf, wi_gate.astype(cd))) * jnp.einsum(
+            "ecd,edf->ecf", buf, wi_up.astype(cd))
+        out = jnp.einsum("ecf,efd->ecd", h, wo.astype(cd))
+        return out.at[sorted_experts, rank].get(mode="fill", fill_value=0)   # dropped rows -> 0
+
       cap = expert_capacity(b * t, c)
-      buf = jnp.zeros((e, cap, d), cd).at[sorted_experts, rank].set(x_sorted, mode="drop")
-      buf = layers.constrain(buf, ("act_exp", None, "act_embed"))
-      h = nn.silu(jnp.einsum("ecd,edf->ecf", buf, wi_gate.astype(cd))) * jnp.einsum(
-          "ecd,edf->ecf", buf, wi_up.astype(cd))
-      out = jnp.einsum("ecf,efd->ecd", h, wo.astype(cd))
-      y_sorted = out.at[sorted_experts, rank].get(mode="fill", fill_value=0)   # dropped rows -> 0
+      fast = expert_capacity(b * t, c.replace(capacity_factor=DROPLESS_FAST_CAPACITY_FACTOR))
+      if c.capacity_factor is None and fast < cap:
+        # Dropless with a smaller buffer when the load allows it (most steps): the all-tokens
+        # buffer costs E/K times the routed FLOPs, the fast one 2x. Only one branch runs.
+        y_sorted = jax.lax.cond(group_sizes.max() <= fast, lambda: padded_experts(fast),
+                                lambda: padded_experts(cap))
+      else:
+        y_sorted = padded_experts(cap)
     y = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(b * t, k, d)
     y = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights).astype(cd)
 

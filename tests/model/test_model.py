@@ -98,6 +98,12 @@ def test_moe_kernels_agree_and_capacity_drops():
   y_small, _ = _moe_apply(c.replace(capacity_factor=0.25), x, mask, variables)
   assert moe.expert_capacity(32, c.replace(capacity_factor=0.25)) == 2
   assert np.abs(np.asarray(y_small - y_einsum)).max() > 1e-3
+  # A bias that sends every token to expert 0 overflows the fast buffer: the fallback stays dropless.
+  skewed = {**variables, "moe_bias": jax.tree.map(lambda b: b.at[0].set(100.0), variables["moe_bias"])}
+  y_skew, load_skew = _moe_apply(c, x, mask, skewed)
+  assert int(load_skew[0]) == 32 > moe.expert_capacity(32, c.replace(capacity_factor=moe.DROPLESS_FAST_CAPACITY_FACTOR))
+  y_skew_ragged, _ = _moe_apply(c.replace(moe_impl="ragged"), x, mask, skewed)
+  np.testing.assert_allclose(y_skew, y_skew_ragged, atol=1e-5)
   # Padding tokens are routed but not counted in the load.
   _, load_masked = _moe_apply(c, x, mask.at[0, :8].set(False), variables)
   assert int(load_masked.sum()) == 24 * c.num_experts_per_tok
