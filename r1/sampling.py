@@ -89,9 +89,8 @@ def bucket_length(length: int, buckets=PROMPT_BUCKETS) -> int:
 def pad_prompts(prompts, lengths=None, buckets=PROMPT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
   """Left-pads prompts to a bucket. Returns tokens int32[B, P] and mask bool[B, P].
 
-  prompts: a list of token-id lists, or int32[B, T] with `lengths` int[B] (each row's real tokens
-  are the first `lengths[b]` if right-padded, which is how the arrays are read; left-padded
-  input is detected by passing lengths=None with a list instead).
+  prompts: a list of token-id lists (ragged), or int32[B, T] with `lengths` int[B]: row b's real
+  tokens are its first lengths[b] entries (right padding).
   """
   if lengths is not None:
     arr = np.asarray(prompts)
