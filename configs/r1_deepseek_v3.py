@@ -7,14 +7,19 @@ formatted, no language mixing), then SFT on that data (plus any non-reasoning SF
 into the JSONL); (4) GRPO for all scenarios; then evaluation. Each stage starts from the previous
 stage's exported policy and skips itself when its output exists, so the same command resumes.
 
-Stage 4 in the paper also uses model-based rewards for helpfulness/harmlessness; r1 runs it with
-the rule-based rewards only (no reward-model head is configured) and says so here.
+Stage 4 in the paper adds model-based rewards for helpfulness/harmlessness (section 2.3.4). Point
+config.reward_model.path at a reward model written by r1.rewards.reward_model.save_reward_model
+(the DeepSeek backbone plus a value head, on the policy's tokenizer) and its score is added to the
+rule-based rewards with config.reward_model.weight, in stage 4 only; the stage-2 overrides keep
+reasoning RL on rules. Without a path, stage 4 runs with the rule-based rewards alone and says so
+in its log.
 
 Hardware: a TPU v5p-1024 slice or larger (see configs/r1_zero_deepseek_v3.py for the mesh).
 
   python -m r1.main --config=configs/r1_deepseek_v3.py --workdir=gs://bucket/r1 \\
     --config.init.hf_dir=/mnt/ckpt/DeepSeek-V3-Base --config.sft.path=/mnt/data/cold_start.jsonl \\
-    --config.data.path=/mnt/data/reasoning_prompts.jsonl
+    --config.data.path=/mnt/data/reasoning_prompts.jsonl \\
+    --config.reward_model.path=/mnt/ckpt/helpfulness_rm        # optional: stage 4's reward model
 """
 
 import importlib.util
@@ -41,12 +46,15 @@ def get_config(arg: str | None = None):
       # 1. Cold start: thousands of long-CoT examples, a couple of epochs.
       {"total_steps": 1000, "optimizer": {"learning_rate": 5e-6, "warmup_steps": 50, "schedule": "cosine"}},
       # 2. Reasoning RL: rule-based rewards plus language consistency against language mixing.
-      {"total_steps": 4000, "rewards": {"accuracy": 1.0, "format": 1.0, "language": 0.1}},
+      # No reward model here (the paper's reasoning RL is rule-based).
+      {"total_steps": 4000, "rewards": {"accuracy": 1.0, "format": 1.0, "language": 0.1},
+       "reward_model": {"path": ""}},
       # 3a. Rejection sampling from the stage-2 policy (defaults in c.sample below).
       {},
       # 3b. SFT on the kept samples (the pipeline points sft.path at them), two epochs.
       {"total_steps": 2000, "optimizer": {"learning_rate": 5e-6, "warmup_steps": 50, "schedule": "cosine"}},
-      # 4. RL for all scenarios (rule-based rewards only here).
+      # 4. RL for all scenarios: the rules plus config.reward_model (set it on the command line; an
+      # empty path leaves rules only). Setting it here would shadow --config.reward_model.*.
       {"total_steps": 2000, "grpo": {"clip_eps": 0.2}},
       # Evaluation of the final policy.
       {},
@@ -73,4 +81,6 @@ def get_config(arg: str | None = None):
   c.sample.min_language = 0.95                 # R1: filter chains of thought with mixed languages
   c.sample.min_kept = 1
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})
+  # Stage 4's reward model (stage 2 overrides the path to ""): a score of O(1) next to the 0/1 rules.
+  c.reward_model.weight = 1.0
   return c

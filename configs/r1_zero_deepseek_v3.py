@@ -69,6 +69,10 @@ def get_config(arg: str | None = None):
   c.grpo.logits_chunk_size = 256                # LM head in time chunks: [B, chunk, V] logits at a time
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})
+  # No reward model in R1-Zero: neural rewards invite reward hacking at scale (R1 2.2.2). A path to
+  # an r1.rewards.reward_model checkpoint adds weight * its score to the rules (R1 stage 4).
+  c.reward_model = ml_collections.ConfigDict({"path": "", "weight": 0.0,
+                                              "batch_size": 32})  # rows per reward-model forward pass
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-6

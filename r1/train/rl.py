@@ -19,6 +19,7 @@ import numpy as np
 from r1 import evaluate as evaluation
 from r1 import grpo, metrics as metrics_lib, optim, sampling, train_step
 from r1.data import pipeline, templates
+from r1.rewards import reward_model as reward_model_lib
 from r1.train import common, rollout
 
 
@@ -77,6 +78,10 @@ def run(config, workdir: str) -> dict:
   batches = iter(data)
   eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
 
+  # R1 2.3.4: a model-based reward on top of the rules ("RL for all scenarios"); None: rules only.
+  reward_model = reward_model_lib.from_stage_config(config, mc, mesh)
+  rm_config = config.get("reward_model") or {}
+
   ckpt, state, start, writer = common.resume(config, workdir, state, batches)
   progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds)
 
@@ -106,6 +111,11 @@ def run(config, workdir: str) -> dict:
     rnd["texts"] = rollout.decode_completions(tokenizer, rnd["completions"], rnd["lengths"],
                                               drop_final=[tokenizer.eos_id])
     rnd["total"], rnd["components"] = rollout.score(config.rewards, rnd["texts"], rnd["examples"], g)
+    if reward_model is not None:
+      rm_scores = rollout.reward_model_scores(reward_model, *sampling.pad_prompts(prompts), rnd["completions"],
+                                              rnd["mask"], g, batch_size=rm_config.get("batch_size", 0))
+      rnd["components"]["reward_model"] = rm_scores
+      rnd["total"] = rnd["total"] + np.float32(rm_config.get("weight", 0.0)) * rm_scores
     if config.rollout.overlong == "penalty":  # DAPO 3.4: soft punishment in the last tokens
       rnd["components"]["overlong"] = rollout.overlong_penalty(rnd["lengths"], n, config.rollout.overlong_buffer)
       rnd["total"] = rnd["total"] + rnd["components"]["overlong"]

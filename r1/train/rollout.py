@@ -74,6 +74,20 @@ def score(reward_specs, texts: list[str], examples: list, num_samples: int) -> t
   return np.asarray(total, np.float32), {k: np.asarray(v, np.float32) for k, v in components.items()}
 
 
+def reward_model_scores(reward_model, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completions: np.ndarray,
+                        completion_mask: np.ndarray, num_samples: int, batch_size: int = 0) -> np.ndarray:
+  """A reward model's scores f32[B*G] of each prompt + completion, read at its last generated token.
+
+  Args:
+    reward_model: an r1.rewards.reward_model.RewardModel (anything with `score_batch`).
+    prompt_tokens: int32[B, P] left-padded; prompt_mask: bool[B, P].
+    completions: int32[B*G, N]; completion_mask: bool[B*G, N]; num_samples: G.
+    batch_size: rows per reward-model forward pass (0: all at once).
+  """
+  batch = grpo_batch(prompt_tokens, prompt_mask, completions, completion_mask, None, num_samples)
+  return np.asarray(reward_model.score_batch(batch, batch_size=batch_size), np.float32)
+
+
 def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, buffer: int) -> np.ndarray:
   """DAPO's soft overlong punishment, f32[N]: 0 up to max_new_tokens - buffer tokens, then falling
   linearly to -1 at max_new_tokens (a truncated completion)."""
