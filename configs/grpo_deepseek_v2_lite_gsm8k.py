@@ -24,7 +24,10 @@ def get_config(arg: str | None = None):
   c.model = ml_collections.ConfigDict()
   c.model.name = "deepseek_v2_lite"
   c.model.overrides = ml_collections.ConfigDict({"dtype": "bfloat16", "moe_impl": "ragged", "remat": "full"})
-  c.init = ml_collections.ConfigDict({"hf_dir": ""})        # local DeepSeek-V2-Lite checkpoint
+  c.init = ml_collections.ConfigDict({"hf_dir": "",        # local DeepSeek-V2-Lite checkpoint
+                                      # or an r1 run's <stage workdir>/checkpoints (None step: latest)
+                                      "checkpoint_dir": "",
+                                      "checkpoint_step": ml_collections.config_dict.placeholder(int)})
   c.tokenizer = ml_collections.ConfigDict({"path": "", "vocab_size": 0, "corpus_size": 0})  # "" -> hf_dir
 
   c.data = ml_collections.ConfigDict()

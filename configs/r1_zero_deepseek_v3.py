@@ -29,7 +29,10 @@ def get_config(arg: str | None = None):
   c.model = ml_collections.ConfigDict()
   c.model.name = "deepseek_v3"
   c.model.overrides = ml_collections.ConfigDict({"dtype": "bfloat16", "moe_impl": "ragged", "remat": "full"})
-  c.init = ml_collections.ConfigDict({"hf_dir": ""})        # the V3 base checkpoint (required)
+  c.init = ml_collections.ConfigDict({"hf_dir": "",        # the V3 base checkpoint (required)
+                                      # or an r1 run's <stage workdir>/checkpoints (None step: latest)
+                                      "checkpoint_dir": "",
+                                      "checkpoint_step": ml_collections.config_dict.placeholder(int)})
   c.tokenizer = ml_collections.ConfigDict({"path": "", "vocab_size": 0, "corpus_size": 0})  # "" -> hf_dir
 
   c.data = ml_collections.ConfigDict()

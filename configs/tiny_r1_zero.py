@@ -41,7 +41,10 @@ def get_config(arg: str | None = None):
   c.model = ml_collections.ConfigDict()
   c.model.name = "tiny_v3"
   c.model.overrides = ml_collections.ConfigDict({"hidden_size": 64 if quick else 128, "num_hidden_layers": 2})
-  c.init = ml_collections.ConfigDict({"hf_dir": ""})
+  # Start from a HF checkpoint (hf_dir), or from the weights of a stage's train-state checkpoints
+  # (checkpoint_dir: <stage workdir>/checkpoints, at checkpoint_step or the latest), or random init.
+  c.init = ml_collections.ConfigDict({"hf_dir": "", "checkpoint_dir": "",
+                                      "checkpoint_step": ml_collections.config_dict.placeholder(int)})
 
   # A SentencePiece tokenizer trained on the fly on the task's templated text.
   c.tokenizer = ml_collections.ConfigDict({"path": "", "vocab_size": 1000, "corpus_size": 2000})

@@ -15,6 +15,11 @@ What is saved, per step, under `directory/<step>/`:
 Retention: the last `keep` checkpoints, plus (with `keep_best`) the one with the best `best_metric`
 among the steps that recorded it, however old it is.
 
+Starting a new stage from another run's checkpoint needs only its weights:
+`restore_variables(directory, target)` reads the params and MoE balancing bias of a saved state
+(orbax partial restore: optimizer state, reference, data position and keys are not read, so the
+checkpoint may come from any optimizer) onto the target's shardings.
+
 Preemption protocol (TPU VMs receive SIGTERM some seconds before they are taken away):
 
   ckpt = TrainCheckpointer(workdir / "checkpoints", save_every=100)
@@ -46,9 +51,13 @@ import signal
 import threading
 from typing import Any, Mapping, Sequence
 
+from etils import epath
+import flax.traverse_util
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from r1.checkpoints.hf import CheckpointError
 
 PyTree = Any
 
@@ -287,3 +296,55 @@ class TrainCheckpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def restore_variables(directory: str | os.PathLike, target: Mapping[str, PyTree], step: int | None = None
+                      ) -> dict:
+  """The `target` entries (e.g. params, moe_bias) of the train state saved by a TrainCheckpointer.
+
+  Only those entries are read (orbax partial restore), so a checkpoint written with any optimizer,
+  with or without a reference copy, gives the same policy weights.
+
+  Args:
+    directory: the TrainCheckpointer's directory (`<stage workdir>/checkpoints`).
+    target: {state field: pytree of `jax.ShapeDtypeStruct` with a sharding}; each restored array
+      gets its target's dtype and sharding (a sharded target restores sharded, reading only each
+      host's shards). An empty field (a model without a balancing bias) is skipped.
+    step: which checkpoint; None for the latest.
+  Returns:
+    {field: the restored pytree} for the non-empty fields of `target`.
+  Raises:
+    FileNotFoundError: no such directory, no checkpoint in it, or no checkpoint for `step`.
+    CheckpointError: a target array missing from the checkpoint or saved with another shape.
+  """
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"checkpoint directory {directory} does not exist (expected a stage's "
+                            "<workdir>/checkpoints written by TrainCheckpointer)")
+  target = {name: tree for name, tree in target.items() if jax.tree.leaves(tree)}
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers={STATE: ocp.PyTreeCheckpointHandler()})
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; saved steps: {steps}")
+    path = epath.Path(directory) / str(step) / STATE
+    saved = flax.traverse_util.flatten_dict(ocp.PyTreeCheckpointHandler().metadata(path).tree, sep=".")
+    problems = []
+    for key, leaf in flax.traverse_util.flatten_dict(target, sep=".").items():
+      if key not in saved:
+        problems.append(f"{key}: missing")
+      elif tuple(saved[key].shape) != tuple(leaf.shape):
+        problems.append(f"{key}: shape {tuple(saved[key].shape)} != expected {tuple(leaf.shape)}")
+    if problems:
+      raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(problems[:8]) +
+                            (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+    restore = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                     partial_restore=True)
+    return dict(manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))[STATE])
+  finally:
+    manager.close()

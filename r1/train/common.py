@@ -2,20 +2,24 @@
 
 Stages hand over through the workdir: each stage writes `<workdir>/policy/` (a Hugging Face
 checkpoint: config.json + safetensors) and `<workdir>/tokenizer/` when it finishes, and the
-next stage starts from them (`config.init.hf_dir`, `config.tokenizer.path`).
+next stage starts from them (`config.init.hf_dir`, `config.tokenizer.path`). A stage can also start
+from the weights of any saved train state, finished or not (`config.init.checkpoint_dir`, a stage's
+`<workdir>/checkpoints`, at `config.init.checkpoint_step` or the latest).
 """
 
 import os
 import shutil
 
 from absl import logging
+import flax.linen as nn
 import jax
 import numpy as np
 
 import r1
 from r1 import metrics as metrics_lib
 from r1 import sharding
-from r1.checkpoints.manager import TrainCheckpointer
+from r1.checkpoints.hf import CheckpointError
+from r1.checkpoints.manager import TrainCheckpointer, restore_variables
 from r1.data import sources, tasks, templates
 from r1.model import abstract_variables, get_model_config, init_variables
 from r1.tokenizer import load_tokenizer, train_sentencepiece
@@ -54,9 +58,17 @@ def prompt_source(data_config, split: str = "train"):
   raise ValueError(f"data.source={kind!r}: expected synthetic, gsm8k, math500 or jsonl")
 
 
+def _checkpoint_tokenizer_dir(checkpoint_dir: str) -> str:
+  """The tokenizer of the stage whose checkpoints are in `checkpoint_dir` ("" if it has none):
+  <stage workdir>/tokenizer, where a stage writes the tokenizer it trained."""
+  path = os.path.join(os.path.dirname(os.path.normpath(checkpoint_dir)), TOKENIZER_DIR)
+  return path if any(os.path.exists(os.path.join(path, n)) for n in _TOKENIZER_FILES) else ""
+
+
 def build_tokenizer(config, workdir: str):
   """The stage's tokenizer and its file: config.tokenizer.path if set, else the tokenizer files of
-  config.init.hf_dir, else a SentencePiece model trained on the task's templated prompts and
+  config.init.hf_dir, else those of the stage that wrote config.init.checkpoint_dir (its
+  <workdir>/tokenizer), else a SentencePiece model trained on the task's templated prompts and
   worked solutions.
 
   The trained model is written to <workdir>/tokenizer/tokenizer.model once and reused, so a
@@ -64,6 +76,8 @@ def build_tokenizer(config, workdir: str):
   """
   # A real checkpoint ships its tokenizer: tokenizer.path, else the init checkpoint directory.
   path = config.tokenizer.get("path", "") or config.init.get("hf_dir", "")
+  if not path and config.init.get("checkpoint_dir", ""):
+    path = _checkpoint_tokenizer_dir(config.init.checkpoint_dir)
   if path:
     return load_tokenizer(path), path
   target = os.path.join(workdir, TOKENIZER_DIR, "tokenizer.model")
@@ -102,18 +116,61 @@ def place_batch(batch: dict, mesh) -> dict:
 
 
 def build_policy(config, tokenizer, mesh=None) -> r1.Policy:
-  """The stage's starting policy: config.init.hf_dir if set, else random init of config.model.
+  """The stage's starting policy, per config.init: hf_dir (a Hugging Face checkpoint directory),
+  else checkpoint_dir (a stage's <workdir>/checkpoints: the params and balancing bias of its state
+  at checkpoint_step, None for the latest), else random init of config.model.
 
-  Random init sizes the vocabulary to the tokenizer's.
+  The model of a checkpoint_dir or random init is config.model with the tokenizer's vocabulary;
+  with a mesh the weights are placed sharded by r1.sharding's rules.
   """
   overrides = dict(config.model.get("overrides", {}))
-  if config.init.get("hf_dir", ""):
-    return r1.load_hf_checkpoint(config.init.hf_dir, mesh=mesh, **overrides)
+  hf_dir, checkpoint_dir = config.init.get("hf_dir", ""), config.init.get("checkpoint_dir", "")
+  if hf_dir and checkpoint_dir:
+    raise ValueError(f"config.init.hf_dir={hf_dir!r} and config.init.checkpoint_dir={checkpoint_dir!r}: "
+                     "set one of them (or neither, for random init)")
+  if hf_dir:
+    return r1.load_hf_checkpoint(hf_dir, mesh=mesh, **overrides)
   model_config = get_model_config(config.model.name, vocab_size=tokenizer.vocab_size, **overrides)
+  if checkpoint_dir:
+    return r1.Policy(model_config, restore_policy_variables(model_config, checkpoint_dir,
+                                                            config.init.get("checkpoint_step"), mesh))
   variables = init_variables(model_config, jax.random.key(config.seed))
   if mesh is not None:
     variables = jax.device_put(variables, sharding.variable_shardings(abstract_variables(model_config), mesh))
   return r1.Policy(model_config, variables)
+
+
+def restore_policy_variables(model_config, checkpoint_dir: str, step: int | None = None, mesh=None) -> dict:
+  """{"params", "moe_bias"?} of `model_config` from the train state a TrainCheckpointer saved in
+  `checkpoint_dir` at `step` (None: the latest), on one device or sharded over `mesh`.
+
+  Raises FileNotFoundError (no directory or checkpoint) or r1.checkpoints.hf.CheckpointError (a
+  parameter missing or of another shape: the checkpoint is of another model or vocabulary).
+  """
+  abstract = abstract_variables(model_config)
+  if mesh is not None:
+    shardings = sharding.variable_shardings(abstract, mesh)
+  else:
+    shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), nn.unbox(abstract))
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract), shardings)
+  try:
+    return restore_variables(checkpoint_dir, target, step=step)
+  except CheckpointError as e:
+    raise CheckpointError(f"{e}. config.model and the tokenizer (vocab_size {model_config.vocab_size}) must be those "
+                          "of the run that saved it (config.tokenizer.path: its tokenizer)") from e
+
+
+def init_description(config) -> str:
+  """Where the stage's starting policy comes from, for reports and provenance."""
+  if config.init.get("hf_dir", ""):
+    return config.init.hf_dir
+  checkpoint_dir = config.init.get("checkpoint_dir", "")
+  if checkpoint_dir:
+    step = config.init.get("checkpoint_step")
+    if step is None and os.path.isdir(checkpoint_dir):  # The latest, as restore picks it.
+      step = max((int(n) for n in os.listdir(checkpoint_dir) if n.isdigit()), default=None)
+    return f"{checkpoint_dir}@step{step}"
+  return f"random_init(model={config.model.name}, seed={config.seed})"
 
 
 def export_policy(policy: r1.Policy, tokenizer_path: str | None, workdir: str) -> str:

@@ -28,6 +28,8 @@ def stage_config(config, index: int, previous_workdir: str | None) -> ml_collect
     c.update_from_flattened_dict(_flatten(ml_collections.ConfigDict(overrides).to_dict()))
   if previous_workdir is not None:
     c.init.hf_dir = os.path.join(previous_workdir, common.POLICY_DIR)
+    if "checkpoint_dir" in c.init:  # Where the first stage started from; this one starts from hf_dir.
+      c.init.checkpoint_dir = ""
     c.tokenizer.path = os.path.join(previous_workdir, common.TOKENIZER_DIR)
     if stage == "sft" and config.pipeline.stages[index - 1] == "sample":
       # R1 stage 3: SFT on what rejection sampling kept.

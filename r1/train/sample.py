@@ -1,6 +1,6 @@
 """The rejection-sampling stage (R1 §2.3.3): the RL policy writes the data of the next SFT stage.
 
-From the stage's starting policy (config.init.hf_dir, else random init) sample `config.sample.k`
+From the stage's starting policy (config.init, see `common.build_policy`) sample `config.sample.k`
 completions for each of `config.sample.num_prompts` training prompts, keep the ones that are
 correct (accuracy reward 1), well formatted (strict format reward 1), finished (stopped, not cut
 at max_new_tokens) and readable (language consistency >= `config.sample.min_language`, when set;
@@ -184,7 +184,7 @@ def run(config, workdir: str) -> dict:
   template = templates.get_template(config.data.template)
   stops = common.stop_tokens(config, tokenizer)
   policy = common.build_policy(config, tokenizer)
-  source_policy = config.init.get("hf_dir", "") or f"random_init(model={config.model.name}, seed={config.seed})"
+  source_policy = common.init_description(config)
   min_language = s.get("min_language", None)
   max_per_prompt = s.get("max_per_prompt", None)
 
