@@ -40,7 +40,7 @@ def stage_settings(config) -> dict:
   hf_dir = config.init.get("hf_dir", "")
   policy_file = os.path.join(hf_dir, "config.json")
   settings = {
-      "policy": hf_dir or f"random_init(model={config.model.name}, seed={config.seed})",
+      "policy": common.init_description(config),  # hf_dir, checkpoint_dir@step, or random init
       # A policy re-exported to the same directory is a different policy.
       "policy_mtime_ns": os.stat(policy_file).st_mtime_ns if hf_dir and os.path.exists(policy_file) else None,
       "tokenizer": config.tokenizer.get("path", ""), "data": config.data.to_dict(),

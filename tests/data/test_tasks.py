@@ -57,6 +57,39 @@ def test_arithmetic_worked_steps_are_correct():
   assert checked > 60 * 4
 
 
+def test_arithmetic_slips_are_one_off_columns_carried_to_a_wrong_answer():
+  # slip_rate: each column miscounted by one with that probability; everything after the slip is
+  # consistent with it, the gold stays right, and the same example always slips the same way.
+  exact = tasks.ArithmeticTask(min_digits=1, max_digits=3, ops="+-")
+  noisy = tasks.ArithmeticTask(min_digits=1, max_digits=3, ops="+-", slip_rate=0.3)
+  wrong_columns, columns, wrong_answers = 0, 0, 0
+  for i in range(400):
+    example = noisy.example(3, i)
+    assert example == exact.example(3, i)
+    text, answer = noisy.worked_solution(example)
+    assert (text, answer) == noisy.worked_solution(example)
+    exact_text, _ = exact.worked_solution(example)
+    assert text.endswith(f"= {answer}")
+    for line, exact_line in zip(text.splitlines()[1:-1], exact_text.splitlines()[1:-1]):
+      if "write the final carry" in line + exact_line:
+        continue
+      columns += 1
+      # "<place>: ... = <value>, write <digit>[, carry c]": the value, or a borrow's difference.
+      value = int(re.findall(r"= (\d+)", line)[-1])
+      exact_value = int(re.findall(r"= (\d+)", exact_line)[-1])
+      if value != exact_value:
+        wrong_columns += 1
+        if line.split(":")[1].split("=")[0] == exact_line.split(":")[1].split("=")[0]:
+          assert abs(value - exact_value) == 1, (line, exact_line)  # the slip's own column
+      assert f"write {value % 10}" in line
+    wrong_answers += answer != example.gold
+    if answer == example.gold:
+      assert text.splitlines()[1:] == exact_text.splitlines()[1:]
+  assert 0.2 < wrong_answers / 400 < 0.7 and 0.25 < wrong_columns / columns < 0.45
+  with pytest.raises(ValueError, match="slip_rate"):
+    tasks.ArithmeticTask(slip_rate=1.5)
+
+
 @pytest.mark.parametrize("answer, ok", [
     ("1,234", True), (" 1234 ", True), ("1234.0", False), ("12a4", False), ("", False),
     ("-1234", False), ("１２３４", False),

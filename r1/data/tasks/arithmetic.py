@@ -3,9 +3,15 @@
 For CPU-scale R1-Zero repros: the answer is checkable exactly and difficulty grows smoothly with
 the digit count. The worked solution (column addition/subtraction with carries and borrows, long
 multiplication by partial products) is the cold-start SFT response a from-scratch model needs.
+
+`slip_rate` makes that cold-start data imperfect on purpose, as human-written data is: each
+column of the working is miscounted by one with that probability, and the mistake is carried
+through to a wrong final answer. A policy fine-tuned on it makes the same slips at the same rate; imitation cannot tell the
+slips from the rest, a verifiable reward can (the tiny R1-Zero repro uses this).
 """
 
 import dataclasses
+import zlib
 
 import numpy as np
 
@@ -22,10 +28,14 @@ class ArithmeticTask:
     min_digits, max_digits: operand length range (difficulty knob).
     ops: the operators to draw from, a subset of "+-*". Subtraction puts the larger operand first,
       so answers are never negative.
+    slip_rate: the probability that a column of a worked solution (of + and -) is miscounted by
+      one, the error carried consistently to the answer it ends at. The prompts' gold answers
+      stay right. 0 (the default) gives exact working.
   """
   min_digits: int = 1
   max_digits: int = 3
   ops: str = "+-*"
+  slip_rate: float = 0.0
   name = "arithmetic"
 
   def __post_init__(self):
@@ -34,6 +44,8 @@ class ArithmeticTask:
                        f"max_digits ({self.max_digits})")
     if not self.ops or set(self.ops) - set(_OP_NAMES):
       raise ValueError(f"arithmetic ops {self.ops!r}: expected a non-empty subset of '+-*'")
+    if not 0.0 <= self.slip_rate <= 1.0:
+      raise ValueError(f"arithmetic slip_rate={self.slip_rate}: expected a fraction in [0, 1]")
 
   def example(self, seed: int, index: int) -> PromptExample:
     """Example `index` of the stream for `seed`; random access, the same on every host."""
@@ -47,10 +59,18 @@ class ArithmeticTask:
                          gold=str(gold), verifier=self.name, meta={"a": a, "b": b, "op": op})
 
   def worked_solution(self, example: PromptExample) -> tuple[str, str]:
-    """(step-by-step column working, the answer it ends at)."""
+    """(step-by-step column working, the answer it ends at): exact, or with a slip (slip_rate)."""
     a, b, op = example.meta["a"], example.meta["b"], example.meta["op"]
-    working = {"+": column_addition, "-": column_subtraction, "*": long_multiplication}[op]
-    return working(a, b), example.gold
+    if op == "*" or not self.slip_rate:
+      working = {"+": column_addition, "-": column_subtraction, "*": long_multiplication}[op]
+      return working(a, b), example.gold
+    # Where this example slips is a function of its id, so every epoch, host and resumed run
+    # sees the same data.
+    rng = np.random.default_rng(zlib.crc32(example.id.encode()))
+    width = max(len(str(a)), len(str(b)))
+    slips = {i: (1 if rng.random() < 0.5 else -1) for i, u in enumerate(rng.random(width)) if u < self.slip_rate}
+    working = (column_addition if op == "+" else column_subtraction)(a, b, slips=slips)
+    return working, str(_worked_result(working))
 
   @staticmethod
   def verify(answer: str, gold: str, meta: dict | None = None) -> bool:
@@ -88,33 +108,55 @@ def _digits(n: int, width: int) -> list[int]:
   return [(n // 10 ** i) % 10 for i in range(width)]
 
 
-def column_addition(a: int, b: int) -> str:
+def _worked_result(working: str) -> int:
+  """The number a worked solution ends at (its last line is `so ... = N`)."""
+  return int(working.rsplit("= ", 1)[1])
+
+
+def _slipped(value: int, i: int, slips: dict[int, int] | None, low: int, high: int) -> int:
+  """`value` (column i's sum or difference), miscounted by slips[i] (+-1) when column i slips;
+  kept in [low, high] so the column still reads like arithmetic."""
+  if not slips or i not in slips:
+    return value
+  wrong = value + slips[i]
+  return wrong if low <= wrong <= high else value - slips[i]
+
+
+def column_addition(a: int, b: int, slips: dict[int, int] | None = None) -> str:
+  """a + b column by column; `slips` {column: +-1} miscounts those columns' sums."""
   width = max(len(str(a)), len(str(b)))
-  lines, carry = [f"{a} + {b}: add the columns from the right."], 0
+  lines, carry, digits = [f"{a} + {b}: add the columns from the right."], 0, []
   for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
-    total = x + y + carry
+    total = _slipped(x + y + carry, i, slips, 0, 19)
     lines.append(f"{_place(i)}: {x} + {y} + {carry} = {total}, write {total % 10}, carry {total // 10}")
+    digits.append(total % 10)
     carry = total // 10
   if carry:
     lines.append(f"write the final carry {carry}")
-  lines.append(f"so {a} + {b} = {a + b}")
+    digits.append(carry)
+  result = sum(d * 10 ** i for i, d in enumerate(digits))
+  lines.append(f"so {a} + {b} = {result}")
   return "\n".join(lines)
 
 
-def column_subtraction(a: int, b: int) -> str:
-  """a - b for a >= b, with borrows."""
+def column_subtraction(a: int, b: int, slips: dict[int, int] | None = None) -> str:
+  """a - b for a >= b, with borrows; `slips` {column: +-1} miscounts those columns' differences."""
   width = len(str(a))
-  lines, borrow = [f"{a} - {b}: subtract the columns from the right."], 0
+  lines, borrow, digits = [f"{a} - {b}: subtract the columns from the right."], 0, []
   for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
     top = x - borrow
     if top < y:
+      diff = _slipped(top + 10 - y, i, slips, 0, 9)
       lines.append(f"{_place(i)}: {x} - {borrow} = {top} < {y}, borrow: {top + 10} - {y} = "
-                   f"{top + 10 - y}, write {top + 10 - y}")
+                   f"{diff}, write {diff}")
       borrow = 1
     else:
-      lines.append(f"{_place(i)}: {x} - {borrow} - {y} = {top - y}, write {top - y}")
+      diff = _slipped(top - y, i, slips, 0, 9)
+      lines.append(f"{_place(i)}: {x} - {borrow} - {y} = {diff}, write {diff}")
       borrow = 0
-  lines.append(f"so {a} - {b} = {a - b}")
+    digits.append(diff)
+  result = sum(d * 10 ** i for i, d in enumerate(digits))
+  lines.append(f"so {a} - {b} = {result}")
   return "\n".join(lines)
 
 
