@@ -4,10 +4,11 @@ For CPU-scale R1-Zero repros: the answer is checkable exactly and difficulty gro
 the digit count. The worked solution (column addition/subtraction with carries and borrows, long
 multiplication by partial products) is the cold-start SFT response a from-scratch model needs.
 
-`slip_rate` makes that cold-start data imperfect on purpose, as human-written data is: each
-column of the working is miscounted by one with that probability, and the mistake is carried
-through to a wrong final answer. A policy fine-tuned on it makes the same slips at the same rate; imitation cannot tell the
-slips from the rest, a verifiable reward can (the tiny R1-Zero repro uses this).
+`slip_rate` makes that cold-start data imperfect on purpose, as human-written data is: each carry
+or borrow is forgotten with that probability (the classic slip of column arithmetic: the next
+column adds 0 instead of 1, or does not take the borrowed 1), and the working goes on consistently
+to a wrong final answer. A policy fine-tuned on it forgets carries at the same rate; imitation
+cannot tell the slips from the rest, a verifiable reward can (the tiny R1-Zero repro uses this).
 """
 
 import dataclasses
@@ -28,9 +29,9 @@ class ArithmeticTask:
     min_digits, max_digits: operand length range (difficulty knob).
     ops: the operators to draw from, a subset of "+-*". Subtraction puts the larger operand first,
       so answers are never negative.
-    slip_rate: the probability that a column of a worked solution (of + and -) is miscounted by
-      one, the error carried consistently to the answer it ends at. The prompts' gold answers
-      stay right. 0 (the default) gives exact working.
+    slip_rate: the probability that a worked solution (of + and -) forgets a carry or borrow, per
+      carry or borrow, the working going on consistently to the answer it ends at. The prompts'
+      gold answers stay right. 0 (the default) gives exact working.
   """
   min_digits: int = 1
   max_digits: int = 3
@@ -65,11 +66,11 @@ class ArithmeticTask:
       working = {"+": column_addition, "-": column_subtraction, "*": long_multiplication}[op]
       return working(a, b), example.gold
     # Where this example slips is a function of its id, so every epoch, host and resumed run
-    # sees the same data.
+    # sees the same data. Column i forgets the carry/borrow coming from column i - 1.
     rng = np.random.default_rng(zlib.crc32(example.id.encode()))
     width = max(len(str(a)), len(str(b)))
-    slips = {i: (1 if rng.random() < 0.5 else -1) for i, u in enumerate(rng.random(width)) if u < self.slip_rate}
-    working = (column_addition if op == "+" else column_subtraction)(a, b, slips=slips)
+    forget = {i for i, u in enumerate(rng.random(width + 1)) if u < self.slip_rate}
+    working = (column_addition if op == "+" else column_subtraction)(a, b, forget=forget)
     return working, str(_worked_result(working))
 
   @staticmethod
@@ -113,25 +114,18 @@ def _worked_result(working: str) -> int:
   return int(working.rsplit("= ", 1)[1])
 
 
-def _slipped(value: int, i: int, slips: dict[int, int] | None, low: int, high: int) -> int:
-  """`value` (column i's sum or difference), miscounted by slips[i] (+-1) when column i slips;
-  kept in [low, high] so the column still reads like arithmetic."""
-  if not slips or i not in slips:
-    return value
-  wrong = value + slips[i]
-  return wrong if low <= wrong <= high else value - slips[i]
-
-
-def column_addition(a: int, b: int, slips: dict[int, int] | None = None) -> str:
-  """a + b column by column; `slips` {column: +-1} miscounts those columns' sums."""
+def column_addition(a: int, b: int, forget: set[int] = frozenset()) -> str:
+  """a + b column by column; the carry into each column in `forget` is forgotten (index `width`
+  is the final carry)."""
   width = max(len(str(a)), len(str(b)))
   lines, carry, digits = [f"{a} + {b}: add the columns from the right."], 0, []
   for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
-    total = _slipped(x + y + carry, i, slips, 0, 19)
+    carry = 0 if i in forget else carry
+    total = x + y + carry
     lines.append(f"{_place(i)}: {x} + {y} + {carry} = {total}, write {total % 10}, carry {total // 10}")
     digits.append(total % 10)
     carry = total // 10
-  if carry:
+  if carry and width not in forget:
     lines.append(f"write the final carry {carry}")
     digits.append(carry)
   result = sum(d * 10 ** i for i, d in enumerate(digits))
@@ -139,22 +133,22 @@ def column_addition(a: int, b: int, slips: dict[int, int] | None = None) -> str:
   return "\n".join(lines)
 
 
-def column_subtraction(a: int, b: int, slips: dict[int, int] | None = None) -> str:
-  """a - b for a >= b, with borrows; `slips` {column: +-1} miscounts those columns' differences."""
+def column_subtraction(a: int, b: int, forget: set[int] = frozenset()) -> str:
+  """a - b for a >= b, with borrows; the borrow owed by each column in `forget` is forgotten."""
   width = len(str(a))
   lines, borrow, digits = [f"{a} - {b}: subtract the columns from the right."], 0, []
   for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
+    borrow = 0 if i in forget else borrow
     top = x - borrow
     if top < y:
-      diff = _slipped(top + 10 - y, i, slips, 0, 9)
       lines.append(f"{_place(i)}: {x} - {borrow} = {top} < {y}, borrow: {top + 10} - {y} = "
-                   f"{diff}, write {diff}")
+                   f"{top + 10 - y}, write {top + 10 - y}")
+      digits.append(top + 10 - y)
       borrow = 1
     else:
-      diff = _slipped(top - y, i, slips, 0, 9)
-      lines.append(f"{_place(i)}: {x} - {borrow} - {y} = {diff}, write {diff}")
+      lines.append(f"{_place(i)}: {x} - {borrow} - {y} = {top - y}, write {top - y}")
+      digits.append(top - y)
       borrow = 0
-    digits.append(diff)
   result = sum(d * 10 ** i for i, d in enumerate(digits))
   lines.append(f"so {a} - {b} = {result}")
   return "\n".join(lines)
