@@ -14,7 +14,7 @@ import time
 
 import ml_collections
 
-from r1.train import common, sample
+from r1.train import common, report, sample
 
 
 def stage_config(config, index: int, previous_workdir: str | None) -> ml_collections.ConfigDict:
@@ -49,18 +49,50 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def run(config, workdir: str, stages: dict) -> dict:
-  """Runs config.pipeline.stages with the stage functions in `stages` (name -> run(config, dir))."""
+  """Runs config.pipeline.stages with the stage functions in `stages` (name -> run(config, dir)).
+
+  Each stage's wall time is recorded in <workdir>/pipeline.json (kept across re-runs, so a resumed
+  pipeline reports the time its stages really took). When a GRPO stage evaluated its start and
+  end, the last one's before/after summary goes to <workdir>/report.json (r1.train.report).
+  """
   start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  record_path = os.path.join(workdir, "pipeline.json")
+  seconds = {}
+  if os.path.exists(record_path):
+    with open(record_path) as f:
+      seconds = json.load(f).get("stage_seconds", {})
   previous, results = None, {}
   for i, name in enumerate(config.pipeline.stages):
     stage_dir = os.path.join(workdir, f"{i}_{name}")
+    key = f"{i}_{name}"
     if common.stage_done(stage_dir):
       print(f"stage {i} ({name}): done, skipping ({stage_dir})")
     else:
       print(f"stage {i} ({name}): running in {stage_dir}")
-      results[f"{i}_{name}"] = stages[name](stage_config(config, i, previous), stage_dir)
+      t = time.time()
+      results[key] = stages[name](stage_config(config, i, previous), stage_dir)
+      seconds[key] = seconds.get(key, 0.0) + time.time() - t
     previous = stage_dir
   results["wall_seconds"] = time.time() - start
-  with open(os.path.join(workdir, "pipeline.json"), "w") as f:
-    json.dump({"stages": list(config.pipeline.stages), "wall_seconds": results["wall_seconds"]}, f)
+  total = sum(seconds.values())
+  with open(record_path, "w") as f:
+    json.dump({"stages": list(config.pipeline.stages), "stage_seconds": seconds, "wall_seconds": total}, f,
+              indent=2)
+  grpo_dirs = [os.path.join(workdir, f"{i}_{name}") for i, name in enumerate(config.pipeline.stages)
+               if name == "grpo"]
+  if grpo_dirs and _has_before_after(grpo_dirs[-1]):
+    summary = report.write(workdir, grpo_dirs[-1], wall_seconds=total,
+                           extra={"seed": int(config.seed), "stage_seconds": seconds})
+    print(report.format_table(summary))
+    print(f"report: {os.path.join(workdir, report.REPORT_FILE)}")
+    results["report"] = summary
   return results
+
+
+def _has_before_after(grpo_dir: str) -> bool:
+  path = os.path.join(grpo_dir, "eval_report.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return {"before", "after"} <= set(json.load(f))

@@ -50,10 +50,34 @@ def test_quick_pipeline_writes_every_output(tmp_path):
     report = json.load(f)
   assert 0.0 <= report["after"]["datasets"]["held_out"]["pass@1"] <= 1.0
   assert (tmp_path / "1_grpo" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # The repro's report: the fields a script checks, the table, samples, the curves.
+  with open(tmp_path / "report.json") as f:
+    summary = json.load(f)
+  for key in ("pass@1_before", "pass@1_after", "cons@k_before", "cons@k_after", "format_reward_after"):
+    assert 0.0 <= summary[key] <= 1.0, key
+  assert (summary["k"], summary["n_eval"]) == (2, 16) and summary["wall_seconds"] > 0
+  assert summary["pass@1_after"] == report["after"]["datasets"]["held_out"]["pass@1"]
+  assert "| pass@1 (95% CI) |" in (tmp_path / "results.md").read_text()
+  assert "after GRPO" in (tmp_path / "samples.md").read_text()
+  assert (tmp_path / "curves.png").read_bytes() == (tmp_path / "1_grpo" / "curves.png").read_bytes()
   # Re-running the same command skips both finished stages.
   proc = _main(tmp_path, ["--config=configs/tiny_r1_zero.py:quick"])
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0 and out.count("done, skipping") == 2, out + err[-2000:]
+  # Reproducible with its seed: a second run in another workdir gives the same metrics and report.
+  again = tmp_path / "again"
+  proc = _main(again, ["--config=configs/tiny_r1_zero.py:quick"])
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  for stage in ("0_sft", "1_grpo"):
+    first = {r["step"]: {k: v for k, v in r.items() if k in ("loss", "nll", "grad_norm")} for r in _metrics(tmp_path / stage)}
+    second = {r["step"]: {k: v for k, v in r.items() if k in ("loss", "nll", "grad_norm")} for r in _metrics(again / stage)}
+    assert first == second, stage
+  assert _deterministic(_metrics(tmp_path / "1_grpo")) == _deterministic(_metrics(again / "1_grpo"))
+  with open(again / "report.json") as f:
+    summary_again = json.load(f)
+  checked = [k for k in summary if k.endswith(("_before", "_after"))]
+  assert {k: summary[k] for k in checked} == {k: summary_again[k] for k in checked}
 
 
 def test_sigterm_then_rerun_resumes_exactly(tmp_path):

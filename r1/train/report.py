@@ -1,0 +1,120 @@
+"""The result of an RL run in one place: before/after held-out metrics, curves, sample completions.
+
+After a pipeline with a GRPO stage, `<workdir>/report.json` holds what a script checks:
+
+  {"pass@1_before", "pass@1_after", "pass@1_ci_before", "pass@1_ci_after", "cons@k_before",
+   "cons@k_after", "pass@k_before", "pass@k_after", "format_reward_before", "format_reward_after",
+   "mean_length_before", "mean_length_after", "k", "n_eval", "wall_seconds", ...}
+
+(fractions in [0, 1]; before = the last GRPO stage's evaluation of its starting policy, after = of
+its final policy, same problems and sampling protocol), with `results.md` (the before/after
+table), `samples.md` (completions of the same problems before and after) and `curves.png` (reward,
+accuracy, mean response length and KL over the GRPO steps) next to it.
+"""
+
+import json
+import os
+import platform
+import shutil
+
+REPORT_FILE = "report.json"
+TABLE_FILE = "results.md"
+SAMPLES_FILE = "samples.md"
+CURVES_FILE = "curves.png"
+
+# (report suffix, eval-report key, table title): the metrics compared before/after.
+_COMPARED = (("pass@1", "pass@1", "pass@1"), ("cons@k", "cons@k", "cons@k"), ("pass@k", "pass@k_max", "pass@k"),
+             ("format_reward", "format_rate", "format reward"), ("mean_length", "mean_length", "mean length"),
+             ("truncated", "truncated_frac", "truncated"))
+
+
+def _machine() -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "num_devices": len(devices),
+          "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+
+
+def summarize(eval_reports: dict, *, wall_seconds: float, dataset: str = "held_out", extra: dict | None = None
+              ) -> dict:
+  """The flat before/after summary of a GRPO stage's {"before": report, "after": report}.
+
+  Args:
+    eval_reports: r1.evaluate reports keyed "before" and "after" (the GRPO stage's
+      eval_report.json).
+    wall_seconds: the run's wall-clock time.
+    dataset: which dataset of the reports to compare.
+    extra: more fields to record (config name, seed...).
+  Returns:
+    A JSON-able dict (see the module docstring).
+  """
+  if "before" not in eval_reports or "after" not in eval_reports:
+    raise ValueError(f"summarize: need 'before' and 'after' evaluations, got {sorted(eval_reports)} "
+                     "(set eval.at_start=True on the GRPO stage)")
+  before, after = (eval_reports[key]["datasets"][dataset] for key in ("before", "after"))
+  if (before["n_eval"], before["k"]) != (after["n_eval"], after["k"]):
+    raise ValueError(f"summarize: before ({before['n_eval']} x {before['k']}) and after "
+                     f"({after['n_eval']} x {after['k']}) evaluated different protocols")
+  out = {"dataset": dataset, "k": after["k"], "n_eval": after["n_eval"],
+         "temperature": eval_reports["after"]["config"]["temperature"],
+         "top_p": eval_reports["after"]["config"]["top_p"]}
+  for name, key, _ in _COMPARED:
+    out[f"{name}_before"], out[f"{name}_after"] = before[key], after[key]
+  out["pass@1_ci_before"], out["pass@1_ci_after"] = before["pass@1_ci"], after["pass@1_ci"]
+  out["pass@1_gain"] = after["pass@1"] - before["pass@1"]
+  out["wall_seconds"] = float(wall_seconds)
+  out["machine"] = _machine()
+  out.update(extra or {})
+  return out
+
+
+def format_table(summary: dict) -> str:
+  """The before/after table as Markdown."""
+  lines = [f"Held-out `{summary['dataset']}`: {summary['n_eval']} problems x k={summary['k']} samples at "
+           f"temperature {summary['temperature']}, top-p {summary['top_p']}.", "",
+           "| | before GRPO (SFT) | after GRPO |", "|---|---:|---:|"]
+  for name, _, title in _COMPARED:
+    b, a = summary[f"{name}_before"], summary[f"{name}_after"]
+    if name == "pass@1":
+      lo_b, hi_b = summary["pass@1_ci_before"]
+      lo_a, hi_a = summary["pass@1_ci_after"]
+      lines.append(f"| {title} (95% CI) | {b:.3f} [{lo_b:.3f}, {hi_b:.3f}] | {a:.3f} [{lo_a:.3f}, {hi_a:.3f}] |")
+    elif name == "mean_length":
+      lines.append(f"| {title} (tokens) | {b:.1f} | {a:.1f} |")
+    else:
+      lines.append(f"| {title} | {b:.3f} | {a:.3f} |")
+  lines.append(f"\nWall clock: {summary['wall_seconds'] / 60:.1f} min on {summary['machine']['cpu_count']} "
+               f"{summary['machine']['platform']} cores/devices ({summary['machine']['device_kind']}).")
+  return "\n".join(lines)
+
+
+def format_samples(eval_reports: dict, dataset: str = "held_out", per_problem: int = 2) -> str:
+  """Markdown: the same few held-out problems, completions before and after GRPO."""
+  lines = []
+  before, after = (eval_reports[key]["datasets"][dataset].get("samples", []) for key in ("before", "after"))
+  for b, a in zip(before, after):
+    lines.append(f"### {b['prompt']}  (gold: {b['gold']})\n")
+    for title, sample in (("before GRPO", b), ("after GRPO", a)):
+      for completion, correct in list(zip(sample["completions"], sample["correct"]))[:per_problem]:
+        lines.append(f"{title}, {'correct' if correct else 'wrong'}:\n```\n{completion.strip()}\n```")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | None = None) -> dict:
+  """Writes report.json, results.md, samples.md and curves.png to `workdir` from the GRPO stage
+  in `grpo_dir`; returns the summary."""
+  with open(os.path.join(grpo_dir, "eval_report.json")) as f:
+    eval_reports = json.load(f)
+  summary = summarize(eval_reports, wall_seconds=wall_seconds, extra=dict(extra or {}, grpo_stage=grpo_dir))
+  with open(os.path.join(workdir, REPORT_FILE), "w") as f:
+    json.dump(summary, f, indent=2)
+    f.write("\n")
+  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
+    f.write(format_table(summary) + "\n")
+  with open(os.path.join(workdir, SAMPLES_FILE), "w") as f:
+    f.write(format_samples(eval_reports) + "\n")
+  curves = os.path.join(grpo_dir, CURVES_FILE)
+  if os.path.exists(curves):
+    shutil.copyfile(curves, os.path.join(workdir, CURVES_FILE))
+  return summary

@@ -1,0 +1,50 @@
+"""The repro report: before/after summary fields, the Markdown table and samples, the files."""
+
+import json
+
+import pytest
+
+from r1.train import report
+
+
+def _eval_report(pass1, cons, fmt, k=4, n=32, correct=(True, False)):
+  metrics = {"n_eval": n, "k": k, "pass@1": pass1, "pass@1_ci": [pass1 - 0.1, pass1 + 0.1], "cons@k": cons,
+             "pass@k_max": min(1.0, 2 * pass1), "format_rate": fmt, "mean_length": 70.0, "truncated_frac": 0.0,
+             "samples": [{"prompt": "What is 12 + 34?", "gold": "46", "completions": [" <think>a</think>", " b"],
+                          "correct": list(correct)}]}
+  return {"config": {"temperature": 0.6, "top_p": 0.95}, "datasets": {"held_out": metrics}}
+
+
+def test_summary_has_the_checked_fields_and_the_gain():
+  s = report.summarize({"before": _eval_report(0.25, 0.3, 0.9), "after": _eval_report(0.5, 0.6, 1.0)},
+                       wall_seconds=12.5, extra={"seed": 3})
+  assert {"pass@1_before", "pass@1_after", "cons@k_before", "cons@k_after", "format_reward_after", "k", "n_eval",
+          "wall_seconds"} <= set(s)
+  assert (s["pass@1_before"], s["pass@1_after"], s["cons@k_after"], s["format_reward_after"]) == (0.25, 0.5, 0.6, 1.0)
+  assert s["pass@1_gain"] == pytest.approx(0.25) and (s["k"], s["n_eval"], s["seed"]) == (4, 32, 3)
+  assert s["machine"]["cpu_count"] >= 1
+  table = report.format_table(s)
+  assert "| pass@1 (95% CI) | 0.250 [0.150, 0.350] | 0.500 [0.400, 0.600] |" in table
+  assert "32 problems x k=4" in table
+
+
+def test_summary_refuses_a_missing_or_different_evaluation():
+  with pytest.raises(ValueError, match="eval.at_start"):
+    report.summarize({"after": _eval_report(0.5, 0.5, 1.0)}, wall_seconds=1)
+  with pytest.raises(ValueError, match="different protocols"):
+    report.summarize({"before": _eval_report(0.5, 0.5, 1.0, k=2), "after": _eval_report(0.5, 0.5, 1.0)},
+                     wall_seconds=1)
+
+
+def test_write_puts_report_table_samples_and_curves_in_the_workdir(tmp_path):
+  grpo = tmp_path / "1_grpo"
+  grpo.mkdir()
+  (grpo / "eval_report.json").write_text(json.dumps(
+      {"before": _eval_report(0.25, 0.3, 0.9, correct=(False, False)), "after": _eval_report(0.5, 0.6, 1.0)}))
+  (grpo / "curves.png").write_bytes(b"\x89PNG fake")
+  summary = report.write(str(tmp_path), str(grpo), wall_seconds=3.0)
+  assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(summary))
+  assert "after GRPO" in (tmp_path / "results.md").read_text()
+  samples = (tmp_path / "samples.md").read_text()
+  assert "What is 12 + 34?" in samples and "before GRPO, wrong" in samples and "after GRPO, correct" in samples
+  assert (tmp_path / "curves.png").read_bytes() == b"\x89PNG fake"
