@@ -31,7 +31,9 @@ setuptools.setup(
     extras_require={
         # Hugging Face tokenizer.json (DeepSeek-V3, Qwen) and Parquet prompt sources.
         "hf": ["tokenizers>=0.20", "pyarrow>=15"],
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "tokenizers>=0.20", "pyarrow>=15"],
+        # nbclient + ipykernel: CI executes the notebooks in a real kernel, as Colab would.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "tokenizers>=0.20", "pyarrow>=15", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29"],
         # Only to regenerate tests/fixtures and for side-by-side benchmarks; never imported by r1.
         "fixtures": ["torch>=2.5", "transformers>=4.57", "accelerate>=1.10.1", "trl>=1.16"],
     },
