@@ -214,6 +214,30 @@ def reference_logprobs(config: ModelConfig, ref_params, moe_bias, batch, *, num_
   return jax.lax.stop_gradient(merge_micro_batches(lp))
 
 
+def make_reference_logprobs_fn(config: ModelConfig, *, num_micro_batches: int = 1,
+                               logits_chunk_size: int | None = None, mesh=None):
+  """The reference forward on its own, jitted: fn(ref_params, moe_bias, batch) -> f32[B, T].
+
+  batch needs tokens, positions, segment_ids [B, T] (the GRPO batch layout). It computes exactly
+  what the GRPO step computes when batch has no "ref_logprobs"; dispatching it before the rewards
+  are scored lets the device run the reference forward while the host scores (JAX dispatch is
+  asynchronous), and the result goes into the step as batch["ref_logprobs"].
+  """
+  def fn(ref_params, moe_bias, batch):
+    fields = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
+    return reference_logprobs(config, ref_params, moe_bias, fields, num_micro_batches=num_micro_batches,
+                              logits_chunk_size=logits_chunk_size)
+
+  jitted = jax.jit(fn)
+  if mesh is None:
+    return jitted
+
+  def run(ref_params, moe_bias, batch):
+    with sharding.mesh_context(mesh):
+      return jitted(ref_params, moe_bias, batch)
+  return run
+
+
 def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float = 0.2,
                    clip_eps_high: float | None = None, kl_coef: float = 0.04,
                    loss_agg: str = "seq-mean-token-mean", num_iterations: int = 1, num_micro_batches: int = 1,

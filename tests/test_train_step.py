@@ -146,6 +146,26 @@ def test_reference_refreshes_every_n_steps_into_its_own_buffers(variables, grpo_
   assert int(state.step) == 3
 
 
+def test_overlapped_reference_logprobs_give_the_same_step(variables, grpo_step):
+  # The stage dispatches the reference forward on its own before scoring rewards: passing its
+  # output as batch["ref_logprobs"] must be the step that computes it inside.
+  batch = make_batch(seed=6)
+  state = fresh_state(variables)
+  state, _ = grpo_step(state, make_batch(seed=7))   # params != reference from here
+  reference_fn = ts.make_reference_logprobs_fn(CONFIG, num_micro_batches=2, logits_chunk_size=5)
+  ref_lp = reference_fn(state.ref_params, state.moe_bias, batch)
+  lp, _ = full_logprobs({"params": state.ref_params, "moe_bias": state.moe_bias}, batch)
+  mask = np.asarray(batch["segment_ids"])[:, 1:].astype(bool) & np.asarray(batch["segment_ids"])[:, :-1].astype(bool)
+  np.testing.assert_allclose(np.asarray(ref_lp)[:, :-1][mask], lp[:, :-1][mask], atol=2e-5)
+  inside, m_inside = grpo_step(jax.tree.map(jnp.copy, state), batch)
+  outside, m_outside = grpo_step(jax.tree.map(jnp.copy, state), dict(batch, ref_logprobs=ref_lp))
+  assert float(m_outside["kl"]) > 0
+  for key in ("loss", "kl", "grad_norm"):
+    np.testing.assert_allclose(float(m_outside[key]), float(m_inside[key]), rtol=1e-6, atol=1e-9)
+  for a, b in zip(jax.tree.leaves(outside.params), jax.tree.leaves(inside.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+
+
 def test_micro_batches_give_the_same_gradients(variables):
   batch = make_batch(seed=5)
   kw = dict(kl_coef=0.0, loss_agg="token-mean")

@@ -95,9 +95,20 @@ def run(config, workdir: str) -> dict:
     print(evaluation.format_table(reports["before"]))
 
   timing = {}
+  # The reference forward is dispatched right after generation and runs on the device while the
+  # host decodes and scores (JAX dispatch is asynchronous); the step then skips it.
+  reference_fn = train_step.make_reference_logprobs_fn(
+      mc, num_micro_batches=gc.num_micro_batches, logits_chunk_size=gc.get("logits_chunk_size"),
+      mesh=mesh) if gc.kl_coef else None
 
-  def rollout_round(batch, seed):
-    """G completions for each prompt of `batch`, decoded and scored (host-side numpy)."""
+  def loss_mask_of(mask, stopped):
+    # DAPO overlong filtering: truncated completions keep their reward in the group statistics but
+    # contribute no loss.
+    return mask & stopped[:, None] if config.rollout.overlong == "mask" else mask
+
+  def rollout_round(batch, seed, dispatch_reference=False):
+    """G completions for each prompt of `batch`, decoded and scored (host-side numpy); with
+    dispatch_reference, also the (asynchronous) reference logprobs of the round's GRPO layout."""
     t = time.perf_counter()
     prompts = [list(row[m]) for row, m in zip(batch["prompt_tokens"], batch["prompt_mask"])]
     out = sampling.generate(mc, current_policy().variables, prompts, num_samples=g, max_new_tokens=n,
@@ -107,6 +118,11 @@ def run(config, workdir: str) -> dict:
            "mask": np.asarray(out.mask), "lengths": np.asarray(out.lengths), "stopped": np.asarray(out.stopped),
            "logprobs": np.asarray(out.logprobs)}
     timing["generate"] = timing.get("generate", 0.0) + time.perf_counter() - t
+    if dispatch_reference and reference_fn is not None:
+      layout = rollout.grpo_batch(*sampling.pad_prompts(prompts), rnd["completions"],
+                                  loss_mask_of(rnd["mask"], rnd["stopped"]), None, g)
+      layout = {k: layout[k] for k in ("tokens", "positions", "segment_ids")}
+      rnd["ref_logprobs"] = reference_fn(state.ref_params, state.moe_bias, common.place_batch(layout, mesh))
     t = time.perf_counter()
     rnd["texts"] = rollout.decode_completions(tokenizer, rnd["completions"], rnd["lengths"],
                                               drop_final=[tokenizer.eos_id])
@@ -126,12 +142,16 @@ def run(config, workdir: str) -> dict:
   for step in range(start, config.total_steps):
     t0 = time.perf_counter()
     timing.clear()
-    rounds = [rollout_round(next(batches), sampling_seed(config, step))]
+    rounds = [rollout_round(next(batches), sampling_seed(config, step), dispatch_reference=True)]
     # DAPO dynamic sampling: groups whose G rewards are equal teach nothing; draw more prompts
     # (at most max_extra_rounds batches) and keep informative groups first.
     while (config.rollout.dynamic_sampling and len(rounds) <= config.rollout.max_extra_rounds
            and sum(rollout.informative_groups(r["total"], g).sum() for r in rounds) < config.data.batch_size):
       rounds.append(rollout_round(next(batches), sampling_seed(config, step) + 7919 * len(rounds)))
+    # The overlapped reference logprobs fit the batch when it is the first round as is.
+    ref_logprobs = rounds[0].pop("ref_logprobs", None) if len(rounds) == 1 else None
+    for r in rounds:
+      r.pop("ref_logprobs", None)
     rnd = rollout.take_groups(rounds, config.data.batch_size, g, config.rollout.dynamic_sampling)
     total, components, lengths, stopped = rnd["total"], rnd["components"], rnd["lengths"], rnd["stopped"]
     texts = rnd["texts"]
@@ -141,10 +161,10 @@ def run(config, workdir: str) -> dict:
     # iteration's own logprobs serve, which makes the ratio exactly 1 (as in TRL).
     use_sampler_logprobs = gc.num_iterations > 1 and config.rollout.temperature == 1.0
     old = rnd["logprobs"] if use_sampler_logprobs else None
-    # DAPO overlong filtering: truncated completions keep their reward in the group statistics but
-    # contribute no loss.
-    loss_mask = rnd["mask"] & stopped[:, None] if config.rollout.overlong == "mask" else rnd["mask"]
-    gb = rollout.grpo_batch(prompt_tokens, prompt_mask, rnd["completions"], loss_mask, old, g)
+    gb = rollout.grpo_batch(prompt_tokens, prompt_mask, rnd["completions"], loss_mask_of(rnd["mask"], stopped), old,
+                            g)
+    if ref_logprobs is not None:
+      gb["ref_logprobs"] = ref_logprobs
     gb["advantages"] = np.asarray(grpo.group_advantages(jnp.asarray(total), g, scale_by_std=gc.scale_by_std))
     t2 = time.perf_counter()
     state, step_metrics = update(state, common.place_batch(gb, mesh))
