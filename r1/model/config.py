@@ -10,6 +10,14 @@ from typing import Any
 
 import ml_collections
 
+# What a decoder layer keeps from its forward pass for the backward (mapped to jax.checkpoint
+# policies in r1/model/transformer.py; r1/tools/plan.py models the memory of each):
+#   none  keep every intermediate the backward needs (fastest, most memory);
+#   full  keep only the layer's input and recompute the whole layer in the backward;
+#   dots  keep the outputs of the weight matmuls (projections, dense / shared-expert FFN, router)
+#         and recompute the rest: norms, RoPE, the attention scores and softmax, routed experts.
+REMAT_POLICIES = ("none", "full", "dots")
+
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
@@ -61,7 +69,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   moe_impl: str = "einsum"             # "einsum" (padded batched matmul, fast on CPU) or "ragged"
   capacity_factor: float | None = None  # None: dropless
-  remat: str = "none"                  # "none" | "full": rematerialise each decoder layer
+  remat: str = "none"                  # a REMAT_POLICIES name: what each decoder layer saves for backward
 
   def __post_init__(self):
     if self.topk_method not in ("noaux_tc", "greedy", "group_limited_greedy"):
@@ -70,8 +78,8 @@ class ModelConfig:
       raise ValueError(f"scoring_func={self.scoring_func!r}: expected sigmoid or softmax")
     if self.moe_impl not in ("einsum", "ragged"):
       raise ValueError(f"moe_impl={self.moe_impl!r}: expected einsum or ragged")
-    if self.remat not in ("none", "full"):
-      raise ValueError(f"remat={self.remat!r}: expected none or full")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
     if self.n_routed_experts:
       if self.n_routed_experts % self.n_group:
         raise ValueError(f"n_routed_experts={self.n_routed_experts} is not divisible by n_group={self.n_group}")

@@ -3,7 +3,8 @@
 Layers are an explicit Python loop rather than `nn.scan`: the stack is heterogeneous (dense first
 layers, MoE after, MTP blocks on top), each layer returns its own expert load, and per-layer
 parameter names map one-to-one onto Hugging Face checkpoint keys. The cost is compile time linear
-in depth, which is small for the configs r1 trains; `remat="full"` bounds activation memory.
+in depth, which is small for the configs r1 trains; `remat` (config.REMAT_POLICIES) bounds
+activation memory: "full" keeps only each layer's input, "dots" also its weight-matmul outputs.
 """
 
 import flax.linen as nn
@@ -17,6 +18,19 @@ from r1.model.mla import MLA, attention_mask
 from r1.model.moe import MoE
 
 Array = jax.Array
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy of a config.REMAT_POLICIES name other than "none" (None: save nothing)."""
+  policies = {
+      "full": None,
+      # Matmuls against weights have no dot_general batch dimensions; the attention score and
+      # context einsums (batched over B, H) and the routed experts (over E, or ragged_dot) do.
+      "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  }
+  if name not in policies:
+    raise ValueError(f"remat={name!r}: expected one of {', '.join(policies)} (or none)")
+  return policies[name]
 
 
 @flax.struct.dataclass
@@ -97,7 +111,9 @@ class Transformer(nn.Module):
     self.embed_tokens = layers.param_with_axes(self, "embed_tokens", (c.vocab_size, c.hidden_size),
                                                ("vocab", "embed"), dtype=jnp.dtype(c.param_dtype))
     # return_kv (argument 6, counting self) is a Python bool.
-    block = nn.remat(DecoderLayer, static_argnums=(6,)) if c.remat == "full" else DecoderLayer
+    block = DecoderLayer
+    if c.remat != "none":
+      block = nn.remat(DecoderLayer, static_argnums=(6,), policy=remat_policy(c.remat))
     self.layers = [block(c, c.is_moe_layer(i), name=f"layers_{i}") for i in range(c.num_hidden_layers)]
     self.norm = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype)
     if not c.tie_word_embeddings:
