@@ -256,20 +256,29 @@ class Progress:
 
 
 def plot_curves(metrics_jsonl_path: str | os.PathLike, png_path: str | os.PathLike,
-                keys: Sequence[str] = ("reward", "accuracy", "completions/mean_length", "kl")
-                ) -> list[str]:
+                keys: Sequence[str] = ("reward", "accuracy", "completions/mean_length", "kl"),
+                overlays: Mapping[str, Sequence[str]] | None = None, smooth: int = 10) -> list[str]:
   """Plots each of `keys` found in a metrics.jsonl against step, one panel each, to a PNG.
 
+  Args:
+    keys: one panel per key (per-step values, with a `smooth`-step moving average on top).
+    overlays: {panel key: other keys drawn in that panel as markers}; by default the held-out
+      evaluations (`eval/pass@1`, `final_eval/pass@1`) go on the accuracy panel, so the noisy
+      training accuracy at temperature 1 sits next to the eval protocol's pass@1.
+    smooth: moving-average window in steps (<= 1: none).
   Returns:
     The keys plotted (those with at least one numeric value), in `keys` order.
   """
-  series: dict[str, tuple[list[int], list[float]]] = {key: ([], []) for key in keys}
+  if overlays is None:
+    overlays = {"accuracy": ("eval/pass@1", "final_eval/pass@1")}
+  keys_read = list(keys) + [k for extra in overlays.values() for k in extra if k not in keys]
+  series: dict[str, tuple[list[int], list[float]]] = {key: ([], []) for key in keys_read}
   with open(metrics_jsonl_path) as f:
     for line in f:
       if not line.strip():
         continue
       record = json.loads(line)
-      for key in keys:
+      for key in keys_read:
         value = record.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
           series[key][0].append(record["step"])
@@ -286,7 +295,18 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, png_path: str | os.PathLi
   nrows = math.ceil(len(present) / ncols)
   fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.2 * nrows), squeeze=False)
   for ax, key in zip(axes.flat, present):
-    ax.plot(*series[key], linewidth=1)
+    steps, values = series[key]
+    ax.plot(steps, values, linewidth=0.8, alpha=0.45 if smooth > 1 and len(values) > smooth else 1.0,
+            label=f"{key} (per step)")
+    if smooth > 1 and len(values) > smooth:
+      kernel = np.ones(smooth) / smooth
+      ax.plot(steps[smooth - 1:], np.convolve(values, kernel, mode="valid"), linewidth=1.8,
+              label=f"{smooth}-step mean")
+    for extra in overlays.get(key, ()):
+      if series[extra][0]:
+        ax.plot(*series[extra], "o-" if extra.startswith("eval/") else "s", markersize=5, label=extra)
+    if overlays.get(key) and any(series[e][0] for e in overlays[key]):
+      ax.legend(fontsize=7)
     ax.set_title(key)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
