@@ -1,48 +1,37 @@
-"""XManager-style launch description: the model report over every named model config.
+"""The model report over every named model config (an experiment file, runnable on its own).
 
-Each experiment here is data: a base config file plus a list of override dicts (a sweep). Print
-the command lines, or run them one after another on this machine:
+Big models report counts only (the forward pass is skipped above config.forward.max_forward_params);
+the CPU-sized ones also time a jitted forward. Runs on any machine in a minute or two.
 
   python experiments/model_report_sweep.py            # print the commands
-  python experiments/model_report_sweep.py --run      # run them locally, one workdir each
+  python experiments/model_report_sweep.py --run      # run them here, one workdir each
+  python experiments/launch.py experiments/model_report_sweep.py --run   # the same
 """
 
-import argparse
-import shlex
-import subprocess
+import os
 import sys
 
-CONFIG = "configs/model_report.py"
-
-# One entry per run. Big models report counts only (the forward pass is skipped above
-# config.forward.max_forward_params); the CPU-sized ones also time a jitted forward.
-SWEEP = [
-    {"config": f"{CONFIG}:deepseek_v3"},
-    {"config": f"{CONFIG}:deepseek_v2_lite"},
-    {"config": f"{CONFIG}:small_v3", "config.forward.seq_len": 128},
-    {"config": f"{CONFIG}:tiny_v3"},
-    {"config": f"{CONFIG}:tiny_v3", "config.model.overrides.moe_impl": "ragged"},
-    {"config": f"{CONFIG}:tiny_v3", "config.model.overrides.dtype": "bfloat16"},
-]
+from r1 import launch
 
 
-def command(run: dict, workdir: str) -> list[str]:
-  args = [sys.executable, "-m", "r1.main", f"--config={run['config']}", f"--workdir={workdir}"]
-  args += [f"--{k}={v}" for k, v in run.items() if k != "config"]
-  return args
-
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--run", action="store_true", help="run the sweep locally")
-  parser.add_argument("--workdir", default="/tmp/r1_model_report_sweep")
-  args = parser.parse_args()
-  for i, run in enumerate(SWEEP):
-    cmd = command(run, f"{args.workdir}/{i}")
-    print(shlex.join(cmd))
-    if args.run:
-      subprocess.run(cmd, check=True)
+def get_experiment(arg=None):
+  """One work unit per model config, plus the tiny model's MoE kernel and dtype variants."""
+  del arg
+  return launch.Experiment(
+      name="model_report_sweep",
+      config="configs/model_report.py",
+      sweep=[
+          {"model.name": "deepseek_v3"},
+          {"model.name": "deepseek_v2_lite"},
+          {"model.name": "small_v3", "forward.seq_len": 128},
+          {"model.name": "tiny_v3"},
+          {"model.name": "tiny_v3", "model.overrides.moe_impl": "ragged"},
+          {"model.name": "tiny_v3", "model.overrides.dtype": "bfloat16"},
+      ],
+  )
 
 
 if __name__ == "__main__":
-  main()
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import launch as launcher  # experiments/launch.py, the command line  # pylint: disable=g-import-not-at-top
+  sys.exit(launcher.main([__file__, *sys.argv[1:]]))
