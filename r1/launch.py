@@ -352,8 +352,8 @@ def tpu_vm_commands(experiment: Experiment, tpu_name: str, *, zone: str | None =
   Every line after `create` runs on all workers (`--worker=all`): on a multi-host slice each host
   runs the same command, and its JAX process sees that host's chips; r1.main's
   jax.distributed.initialize() (which finds the coordinator from the TPU metadata) joins them into
-  one job. Work units run
-  one after another on the same slice. The last line deletes the slice.
+  one job, so a multi-host slice needs a workdir every host shares (gs://). Work units run one after
+  another on the same slice. The last line deletes the slice.
   """
   if experiment.topology == "cpu":
     raise ValueError(f"experiment {experiment.name} runs on topology 'cpu'; set a TPU accelerator type")
@@ -362,6 +362,10 @@ def tpu_vm_commands(experiment: Experiment, tpu_name: str, *, zone: str | None =
     raise ValueError(f"experiment {experiment.name}: no zone; pass --zone (e.g. us-east5-a for v5p)")
   project = project or experiment.project
   topology = tpu_topology(experiment.topology)
+  root = workdir_root or experiment.workdir_root
+  if topology.hosts > 1 and not root.startswith("gs://"):
+    raise ValueError(f"experiment {experiment.name}: workdir_root {root!r} on {topology.hosts} hosts; "
+                     "expected a gs:// path that every host shares (--workdir_root=gs://BUCKET/r1)")
   commands = [Command(f"create the slice ({topology})",
                       _gcloud("create", [tpu_name], zone, project, f"--accelerator-type={topology.accelerator_type}",
                               f"--version={topology.runtime_version}"))]
@@ -403,11 +407,12 @@ def load_experiment(spec: str) -> Experiment:
 
 
 def run_local(experiment: Experiment, workdir_root: str | None = None, python: str = sys.executable,
-              out=sys.stdout) -> list[tuple[str, int, float]]:
+              out=None) -> list[tuple[str, int, float]]:
   """Runs the work units one after another from the repository root; returns (name, exit status, s).
 
   A failed unit does not stop the others.
   """
+  out = out or sys.stdout
   results = []
   for command in local_commands(experiment, python, workdir_root):
     print(f"[{command.description}] {command.shell}", file=out, flush=True)

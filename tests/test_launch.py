@@ -96,6 +96,11 @@ def test_tpu_vm_commands_are_the_exact_gcloud_lines():
                          "--command='git clone https://example.com/r1.git r1'")
   with pytest.raises(ValueError, match="no zone"):
     launch.tpu_vm_commands(experiment, "r1-pod")
+  with pytest.raises(ValueError, match="every host shares"):
+    launch.tpu_vm_commands(experiment, "r1-pod", zone="z", workdir_root="/tmp/r1")
+  single_host = dataclasses.replace(experiment, topology="v5p-8", workdir_root="/tmp/r1")
+  assert launch.tpu_vm_commands(single_host, "v5p", zone="z")[0].shell.endswith("--accelerator-type=v5p-8 "
+                                                                                  "--version=v2-alpha-tpuv5")
   with pytest.raises(ValueError, match="topology 'cpu'"):
     launch.tpu_vm_commands(launch.Experiment("e", "c.py"), "t", zone="z")
 
