@@ -1,0 +1,1 @@
+"""Command-line tools that read an experiment config without running it (`python -m r1.tools.plan`)."""
