@@ -16,6 +16,10 @@ What is counted, per device (the mesh from --mesh or config.mesh.shape, axes dat
                            x dtype bytes per token (r1.sampling.cache_bytes_per_token).
 The train-step peak is state + gradients + activations; the rollout peak is state + KV cache +
 prefill/decode working memory. The plan fits when the larger of the two is under the device memory.
+Left out: XLA's collective buffers and fragmentation, and the separately jitted reference forward
+(a forward only, smaller than the update). tests/tools/test_plan.py checks the tiny config against
+XLA:CPU's compiled memory; XLA:CPU schedules a remat'd layer's recomputation early, so there the
+"dots" and "full" estimates are checked against the residuals the forward saves instead.
 """
 
 import dataclasses
@@ -32,20 +36,20 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 import optax
 
+from r1 import launch
 from r1 import optim
 from r1 import sharding
 from r1.model import ModelConfig, abstract_variables, get_model_config
 
 GiB = 1 << 30
 
-# HBM per chip, and how many devices the slice name counts per chip: v4 and v5p slices are named by
-# TensorCores (two per chip, one JAX device per chip: v5p-1024 is 512 chips), v5e and v6e by chips.
-TPU_GENERATIONS = {
-    "v4": (32 * GiB, 2),          # cloud.google.com/tpu/docs/v4: 32 GiB HBM2 per chip
-    "v5e": (16 * GiB, 1),         # cloud.google.com/tpu/docs/v5e: 16 GiB HBM2 per chip
-    "v5litepod": (16 * GiB, 1),   # v5e's slice name
-    "v5p": (95 * GiB, 2),         # cloud.google.com/tpu/docs/v5p: 95 GiB HBM2e per chip
-    "v6e": (32 * GiB, 1),         # cloud.google.com/tpu/docs/v6e: 32 GiB HBM per chip
+# HBM per chip by generation; chips per slice come from r1.launch.tpu_topology (v4 and v5p slices
+# are named by TensorCores, two per chip: v5p-1024 is 512 chips, one JAX device each).
+HBM_PER_CHIP = {
+    "v4": 32 * GiB,    # cloud.google.com/tpu/docs/v4: 32 GiB HBM2 per chip
+    "v5e": 16 * GiB,   # cloud.google.com/tpu/docs/v5e: 16 GiB HBM2 per chip
+    "v5p": 95 * GiB,   # cloud.google.com/tpu/docs/v5p: 95 GiB HBM2e per chip
+    "v6e": 32 * GiB,   # cloud.google.com/tpu/docs/v6e: 32 GiB HBM per chip
 }
 
 
@@ -55,21 +59,15 @@ def host_memory_bytes() -> int:
 
 
 def topology_devices(topology: str) -> tuple[int, int]:
-  """'v5p-1024' -> (512 devices, 95 GiB each); 'cpu-8' -> (8, host memory / 8): fake CPU devices
-  share the host's memory."""
+  """'v5p-1024' -> (512 devices, 95 GiB each); 'v5e-16' is 'v5litepod-16'; 'cpu-8' -> (8, host
+  memory / 8): fake CPU devices share the host's memory."""
   name, _, count = topology.rpartition("-")
-  if not count.isdigit():
-    raise ValueError(f"topology={topology!r}: expected <generation>-<size>, e.g. v5p-1024, v6e-256, cpu-8")
-  count = int(count)
-  if name == "cpu":
-    return count, host_memory_bytes() // count
-  if name not in TPU_GENERATIONS:
-    raise ValueError(f"topology={topology!r}: unknown generation {name!r}; expected cpu or one of "
-                     f"{sorted(TPU_GENERATIONS)}")
-  hbm, per_chip = TPU_GENERATIONS[name]
-  if count % per_chip:
-    raise ValueError(f"topology={topology!r}: {name} slices count {per_chip} cores per chip")
-  return count // per_chip, hbm
+  if name == "cpu" and count.isdigit():
+    return int(count), host_memory_bytes() // int(count)
+  if name == "v5e":
+    topology = f"v5litepod-{count}"
+  t = launch.tpu_topology(topology)
+  return t.chips, HBM_PER_CHIP[t.generation]
 
 
 def resolve_mesh_shape(mesh_shape: dict, num_devices: int) -> dict[str, int]:
@@ -337,7 +335,7 @@ def format_plan(p: dict) -> str:
   lines = [f"{p['model']} on {p['topology']} (mesh {mesh}), {p['dtypes']['params']} params, "
            f"{p['dtypes']['compute']} compute, remat={p['remat']}",
            f"{w['stage']}: {w['rows']} rows x T={w['seq_len']} in {w['num_micro_batches']} micro-batches "
-           f"({w['rows_per_device']} rows per device), logits chunk {w['logits_chunk'] or 'none'}",
+           f"(per device: {w['rows_per_device']}), logits chunk {w['logits_chunk'] or 'none'}",
            f"{'component':18s} {'per device':>14s}"]
   for name, b in p["components"].items():
     lines.append(f"  {name:16s} {gib(b)}")

@@ -112,7 +112,7 @@ def test_topologies():
   assert plan_lib.topology_devices("v5e-16") == (16, 16 * plan_lib.GiB)
   assert plan_lib.topology_devices("v4-32") == (16, 32 * plan_lib.GiB)
   assert plan_lib.topology_devices("cpu-8")[0] == 8
-  with pytest.raises(ValueError, match="unknown generation 'v9'"):
+  with pytest.raises(ValueError, match="accelerator type 'v9-8'"):
     plan_lib.topology_devices("v9-8")
   assert plan_lib.resolve_mesh_shape({"data": -1, "fsdp": 32, "expert": 8}, 512) == {
       "data": 2, "fsdp": 32, "expert": 8, "tensor": 1}
