@@ -283,6 +283,9 @@ def plan(config, mesh_shape: dict | None = None, topology: str = "cpu-1") -> dic
   mc = model_config_of(config)
   work = workload_of(config)
   notes = []
+  if not (config.get("init") or {}).get("hf_dir") and mc.param_dtype != mc.dtype:
+    notes.append(f"init.hf_dir is empty: {mc.param_dtype} parameters as random init makes them; a checkpoint "
+                 f"loads in {mc.dtype} (set --config.init.hf_dir to plan that)")
 
   batch_axes = nn.logical_to_mesh_axes(("batch",), sharding.TRAIN_RULES)[0]
   batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
