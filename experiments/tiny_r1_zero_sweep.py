@@ -30,7 +30,7 @@ def get_experiment(arg=None):
           "stage": "grpo",
           "total_steps": 80,
           "init.hf_dir": os.path.join(sft, "policy"),
-          "tokenizer.path": os.path.join(sft, "tokenizer.model"),
+          "tokenizer.path": os.path.join(sft, "tokenizer"),  # the tokenizer directory the SFT stage exported
           "optimizer.schedule": "constant",
           "optimizer.warmup_steps": 0,
           "eval.every_steps": 20,
