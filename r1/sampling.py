@@ -279,7 +279,8 @@ def initial_state(config: ModelConfig, first_logits: Array, num_samples: int, ma
 
 def generate(config: ModelConfig, variables, prompts, lengths=None, *, num_samples: int = 1,
              max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             stop_tokens=None, seed: int = 0, buckets=PROMPT_BUCKETS, mesh=None, absorb: bool = True) -> SampleOutput:
+             stop_tokens=None, seed: int = 0, buckets=PROMPT_BUCKETS, mesh=None, absorb: bool = True,
+             rules=sharding.TRAIN_RULES) -> SampleOutput:
   """Samples `num_samples` completions for each prompt; see the module docstring.
 
   Args:
@@ -290,6 +291,8 @@ def generate(config: ModelConfig, variables, prompts, lengths=None, *, num_sampl
     seed: PRNG seed; the same seed gives the same tokens.
     mesh: when the variables are sharded on a mesh, the prompts are split over its batch axes and
       the programs run under the model's logical-axis rules.
+    rules: those rules; sharding.SAMPLE_RULES with variables resharded to them (sharding.reshard)
+      keeps the weights unsharded over fsdp while decoding.
     absorb: True (default) decodes on the latent cache with absorbed MLA; False expands the cache
       into per-head keys and values (H * (qk_head + v_head) per token), a baseline for benchmarks.
   Returns:
@@ -297,11 +300,11 @@ def generate(config: ModelConfig, variables, prompts, lengths=None, *, num_sampl
   """
   tokens, mask = pad_prompts(prompts, lengths, buckets)
   b = tokens.shape[0]
-  context = contextlib.nullcontext() if mesh is None else sharding.mesh_context(mesh)
+  context = contextlib.nullcontext() if mesh is None else sharding.mesh_context(mesh, rules)
   with context:
     place = jnp.asarray
     if mesh is not None:
-      batch = sharding.logical_to_sharding(jax.sharding.PartitionSpec("batch", "length"), mesh)
+      batch = sharding.logical_to_sharding(jax.sharding.PartitionSpec("batch", "length"), mesh, rules)
       place = lambda a: jax.device_put(a, batch)  # pylint: disable=unnecessary-lambda-assignment
     tokens, mask = place(tokens), place(mask)
     prompt_lengths = mask.sum(axis=1).astype(jnp.int32)

@@ -14,13 +14,22 @@ from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
 # Training: FSDP over the embedding dimension, experts over `expert`, heads/FFN over `tensor`;
-# the batch is split over every axis that does not shard it otherwise.
+# the batch is split over every axis that does not shard it otherwise. Flax assigns rules in table
+# order and skips a rule whose mesh axes an earlier dimension of the same array already holds, so
+# the order matters:
+#   - `exp` comes before `embed`, so expert weights [E, D, F] put E on `expert` and then fall
+#     through to the second `embed` rule (D on `fsdp`);
+#   - every other weight puts D on fsdp x expert (as MaxText does): on a mesh with expert > 1 the
+#     attention and dense weights would otherwise be replicated over `expert`;
+#   - the low-rank dims q_lora/kv_lora take fsdp x expert when D does not (q_b_proj, kv_b_proj
+#     [L, H, d]), so those are not replicated when tensor == 1.
 TRAIN_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp", "expert")),
     ("length", None),
@@ -29,10 +38,40 @@ TRAIN_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_mlp", "tensor"),
     ("act_exp", "expert"),
     ("vocab", "tensor"),
+    ("exp", "expert"),
+    ("embed", ("fsdp", "expert")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
+    ("q_lora", ("fsdp", "expert")),
+    ("q_lora", "fsdp"),
+    ("kv_lora", ("fsdp", "expert")),
+    ("kv_lora", "fsdp"),
+    ("qk_head", None),
+    ("v_head", None),
+)
+
+# Sampling (prefill + decode): no FSDP. A decode step moves a few tokens per row, so gathering
+# FSDP-sharded weights every step would dominate it; weights are instead split only where the
+# split needs no per-step gather of the weights themselves (experts over `expert`, heads and FFN
+# over `tensor`) and replicated over `data` x `fsdp`. The batch is split over data x fsdp x expert:
+# attention is data parallel and the MoE layer exchanges tokens with the expert owners, as in
+# DeepSeek-V3's serving layout (V3 report, sec. 3.4). This costs memory
+# (weights / (expert * tensor) per device): the default stays TRAIN_RULES (no resharding, no extra
+# copy), and a run that has the room reshards with `reshard(variables, abstract, mesh, SAMPLE_RULES)`
+# and passes `rules=SAMPLE_RULES` to the sampler.
+SAMPLE_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp", "expert")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_exp", "expert"),
+    ("vocab", "tensor"),
     ("exp", "expert"),
+    ("embed", None),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
     ("q_lora", None),
     ("kv_lora", None),
     ("qk_head", None),
@@ -40,15 +79,9 @@ TRAIN_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over axes (data, fsdp, expert, tensor) with Auto axis types (GSPMD propagation).
-
-  Args:
-    shape: sizes by axis name; missing axes get 1, and one axis may be -1 to take the remaining
-      devices (default: everything on `data`).
-    devices: defaults to jax.devices().
-  """
-  devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(shape: Mapping[str, int] | None, num_devices: int) -> tuple[int, ...]:
+  """Axis sizes in MESH_AXES order for `num_devices`: missing axes get 1, and one axis may be -1 to
+  take the remaining devices (default: everything on `data`)."""
   shape = dict(shape or {"data": -1})
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
@@ -58,12 +91,43 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     raise ValueError(f"at most one mesh axis may be -1, got {shape}")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices are not divisible by the fixed mesh axes {shape}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices are not divisible by the fixed mesh axes {shape}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {num_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None, *,
+              dcn_data: int = 1) -> Mesh:
+  """A mesh over axes (data, fsdp, expert, tensor) with Auto axis types (GSPMD propagation).
+
+  Args:
+    shape: sizes by axis name within one slice (ICI); missing axes get 1, and one axis may be -1
+      to take the remaining devices (default: everything on `data`).
+    devices: defaults to jax.devices().
+    dcn_data: number of slices joined over the data-center network (multi-slice). The `data` axis
+      becomes dcn_data * shape["data"], slice-major, so only data parallelism (one gradient
+      all-reduce per step) crosses the slow links. TPU devices carry `slice_index` and get
+      mesh_utils.create_hybrid_device_mesh; devices without it (CPU, tests) are split into
+      dcn_data contiguous groups standing in for slices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if dcn_data < 1 or len(devices) % dcn_data:
+    raise ValueError(f"dcn_data={dcn_data} must be >= 1 and divide the {len(devices)} devices")
+  ici = mesh_shape(shape, len(devices) // dcn_data)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if dcn_data == 1:
+    return jax.make_mesh(ici, MESH_AXES, axis_types=axis_types, devices=devices)
+  dcn = (dcn_data,) + (1,) * (len(MESH_AXES) - 1)
+  if all(hasattr(d, "slice_index") for d in devices):
+    array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  else:
+    per_slice = len(devices) // dcn_data
+    array = np.concatenate([np.asarray(devices[i * per_slice:(i + 1) * per_slice]).reshape(ici)
+                            for i in range(dcn_data)], axis=0)
+  return Mesh(array, MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_sharding(logical_spec: PartitionSpec, mesh: Mesh, rules=TRAIN_RULES) -> NamedSharding:
@@ -86,3 +150,17 @@ def mesh_context(mesh: Mesh, rules=TRAIN_RULES):
   """Activates `mesh` and the logical rules, so the model's activation constraints apply."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield
+
+
+def reshard(tree, abstract_variables, mesh: Mesh, rules=TRAIN_RULES):
+  """`tree` (variables laid out by any rules, or on one device) moved to the layout `rules` give
+  on `mesh`, e.g. from TRAIN_RULES to SAMPLE_RULES before decoding and back after.
+
+  One jax.device_put with explicit NamedShardings: XLA moves only the shards that change owner,
+  and the source arrays stay alive until the caller drops them (peak memory: both layouts).
+
+  Args:
+    tree: arrays shaped like `abstract_variables` (r1.model.abstract_variables, boxed with logical
+      axis names).
+  """
+  return jax.device_put(tree, variable_shardings(abstract_variables, mesh, rules))

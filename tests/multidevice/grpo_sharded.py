@@ -1,5 +1,6 @@
-"""Run under 8 fake CPU devices (see test_sharded_grpo.py): the GRPO step sharded over
-(data, fsdp, expert) == the single-device step, for the loss, the gradients and the new params."""
+"""Run under 8 fake CPU devices (see test_sharded_grpo.py): the GRPO step sharded on each mesh of
+meshes.MESHES == the single-device step, for the loss, the gradients and the new params; and no
+large parameter or optimizer-state array is fully replicated in the sharded state."""
 
 import json
 
@@ -13,9 +14,12 @@ from r1 import optim
 from r1 import sharding
 from r1 import train_step as ts
 from r1.model import get_model_config, init_variables
+from tests.multidevice import meshes
 
 B, T, G = 16, 12, 4
 KW = dict(kl_coef=0.04, num_micro_batches=2, logits_chunk_size=5)
+# Arrays smaller than this (norm scales, the MoE bias, Adam's step count) may be replicated.
+REPLICATION_THRESHOLD = 256
 
 
 def make_batch():
@@ -69,32 +73,46 @@ def run(config, variables, batch, mesh=None):
   return loss, g, state, metrics
 
 
+def replicated_leaves(state) -> list[str]:
+  """Paths of params / Adam moments / reference leaves with >= REPLICATION_THRESHOLD elements whose
+  per-device shard is the whole array."""
+  trees = {"params": state.params, "opt_state": state.opt_state, "ref_params": state.ref_params}
+  found = []
+  for path, x in jax.tree_util.tree_flatten_with_path(trees)[0]:
+    if x.size >= REPLICATION_THRESHOLD and x.sharding.shard_shape(x.shape) == x.shape:
+      found.append(f"{jax.tree_util.keystr(path)} {x.shape} {x.sharding.spec}")
+  return found
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   config = get_model_config("tiny_v3", num_hidden_layers=2)
   variables = init_variables(config, jax.random.key(0))
   batch = make_batch()
   loss1, g1, s1, m1 = run(config, variables, batch)
-  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "expert": 2})
-  loss8, g8, s8, m8 = run(config, variables, batch, mesh)
-  experts = s8.params["layers_1"]["mlp"]["experts_gate_proj"]
-  mu = s8.opt_state[1][0].mu["layers_1"]["mlp"]["experts_gate_proj"]
-  print(json.dumps({
-      "loss_rel": abs(float(loss8) - float(loss1)) / abs(float(loss1)),
-      "grads_rel": rel_diff(g8, g1),
-      "params_rel": rel_diff(s8.params, s1.params),
-      "bias_rel": rel_diff(s8.moe_bias, s1.moe_bias),
-      # The GRPO loss is ~0 on policy (advantages sum to 0 per group): compare it on the scale of
-      # its per-token terms, |A| ~ 1.
-      "step_loss_abs": abs(float(m8["loss"]) - float(m1["loss"])),
-      "step_loss": float(m1["loss"]),
-      "metrics_rel": max(abs(float(m8[k]) - float(m1[k])) / abs(float(m1[k])) for k in ("entropy", "grad_norm", "kl")),
-      "step": int(s8.step),
-      "expert_shard_shape": list(experts.addressable_shards[0].data.shape),
-      "expert_global_shape": list(experts.shape),
-      "adam_mu_shard_shape": list(mu.addressable_shards[0].data.shape),
-      "num_devices_params": len(experts.sharding.device_set),
-  }))
+  results = {}
+  for name in meshes.MESHES:
+    loss8, g8, s8, m8 = run(config, variables, batch, meshes.make(name))
+    experts = s8.params["layers_1"]["mlp"]["experts_gate_proj"]
+    mu = s8.opt_state[1][0].mu["layers_1"]["mlp"]["experts_gate_proj"]
+    results[name] = {
+        "loss_rel": abs(float(loss8) - float(loss1)) / abs(float(loss1)),
+        "grads_rel": rel_diff(g8, g1),
+        "params_rel": rel_diff(s8.params, s1.params),
+        "bias_rel": rel_diff(s8.moe_bias, s1.moe_bias),
+        # The GRPO loss is ~0 on policy (advantages sum to 0 per group): compare it on the scale of
+        # its per-token terms, |A| ~ 1.
+        "step_loss_abs": abs(float(m8["loss"]) - float(m1["loss"])),
+        "step_loss": float(m1["loss"]),
+        "metrics_rel": max(abs(float(m8[k]) - float(m1[k])) / abs(float(m1[k])) for k in ("entropy", "grad_norm", "kl")),
+        "step": int(s8.step),
+        "expert_shard_shape": list(experts.addressable_shards[0].data.shape),
+        "expert_global_shape": list(experts.shape),
+        "adam_mu_shard_shape": list(mu.addressable_shards[0].data.shape),
+        "num_devices_params": len(experts.sharding.device_set),
+        "replicated": replicated_leaves(s8),
+    }
+  print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,23 @@
-"""The GRPO train step sharded over 8 fake CPU devices equals the single-device step (subprocess,
-because the device count must be fixed before JAX initialises)."""
+"""The GRPO train step sharded over 8 fake CPU devices equals the single-device step on every mesh
+of meshes.MESHES, and shards every large parameter and optimizer-state array (subprocess, because
+the device count must be fixed before JAX initialises)."""
 
+import functools
+
+import pytest
+
+from tests.multidevice.meshes import MESHES
 from tests.multidevice.test_sharded_model import run_on_8_devices
 
 
-def test_sharded_grpo_step_equals_single_device():
-  r = run_on_8_devices("grpo_sharded.py")
+@functools.cache
+def _results():
+  return run_on_8_devices("grpo_sharded.py")
+
+
+@pytest.mark.parametrize("name", sorted(MESHES))
+def test_sharded_grpo_step_equals_single_device(name):
+  r = _results()[name]
   assert r["loss_rel"] <= 1e-5, r
   assert r["grads_rel"] <= 1e-5, r
   assert r["params_rel"] <= 1e-5, r
@@ -13,8 +25,16 @@ def test_sharded_grpo_step_equals_single_device():
   assert r["metrics_rel"] <= 1e-5, r
   assert r["bias_rel"] == 0.0, r   # integer loads -> identical sign updates
   assert r["step"] == 2, r
-  # Params and their Adam moments are really sharded: experts over `expert`, embed over `fsdp`.
+  # Params and their Adam moments are really sharded: experts [E, D, F] over (expert, fsdp, tensor).
+  _, fsdp, expert, tensor = MESHES[name]
   e, d, f = r["expert_global_shape"]
-  assert r["expert_shard_shape"] == [e // 2, d // 2, f], r
+  assert r["expert_shard_shape"] == [e // expert, d // fsdp, f // tensor], r
   assert r["adam_mu_shard_shape"] == r["expert_shard_shape"], r
   assert r["num_devices_params"] == 8, r
+
+
+@pytest.mark.parametrize("name", [n for n, shape in sorted(MESHES.items()) if shape[0] < 8])
+def test_sharded_grpo_state_is_not_replicated(name):
+  # Every mesh that model-shards (all but pure data parallelism) splits each parameter, Adam moment
+  # and reference array of >= 256 elements: none is held whole by every device.
+  assert _results()[name]["replicated"] == [], _results()[name]["replicated"]
