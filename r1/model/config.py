@@ -67,7 +67,7 @@ class ModelConfig:
   # r1's own settings (not in config.json).
   dtype: str = "float32"               # activation / matmul dtype (bfloat16 on TPU)
   param_dtype: str = "float32"
-  moe_impl: str = "einsum"             # "einsum" (padded batched matmul, fast on CPU) or "ragged"
+  moe_impl: str = "einsum"             # "einsum" (padded batched matmul, fast on CPU), "ragged" or "ep"
   capacity_factor: float | None = None  # None: dropless
   remat: str = "none"                  # a REMAT_POLICIES name: what each decoder layer saves for backward
 
@@ -76,8 +76,8 @@ class ModelConfig:
       raise ValueError(f"topk_method={self.topk_method!r}: expected noaux_tc, greedy or group_limited_greedy")
     if self.scoring_func not in ("sigmoid", "softmax"):
       raise ValueError(f"scoring_func={self.scoring_func!r}: expected sigmoid or softmax")
-    if self.moe_impl not in ("einsum", "ragged"):
-      raise ValueError(f"moe_impl={self.moe_impl!r}: expected einsum or ragged")
+    if self.moe_impl not in ("einsum", "ragged", "ep"):
+      raise ValueError(f"moe_impl={self.moe_impl!r}: expected einsum, ragged or ep")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
     if self.n_routed_experts:

@@ -7,6 +7,9 @@ dropless by default and has two kernels with identical numbers (tests check):
             matmul. C = N (all tokens) when dropless, so it spends E/K times the routed FLOPs; on
             XLA:CPU it is still ~15x faster than ragged_dot, so it is the CPU default.
   "ragged": tokens sorted by expert and `jax.lax.ragged_dot` (grouped GEMM), exact FLOPs; for TPU/GPU.
+  "ep":     expert parallelism (r1/model/moe_ep.py): experts sharded over the mesh's `expert`
+            axis, tokens sent to their experts' devices and back with all_to_all; "einsum" when
+            no mesh with expert > 1 is active (or it cannot split the batch).
 Dropless einsum first tries C = 2 N K / E (twice the balanced load) and falls back to C = N only
 when an expert got more tokens than that (`lax.cond`: one branch runs). A capacity factor
 (optional) bounds C to ceil(cf * N * K / E) and drops the overflow, GShard-style.
@@ -19,13 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from r1.model import layers
+from r1.model import moe_ep
 from r1.model.config import ModelConfig
+from r1.model.moe_ep import DROPLESS_FAST_CAPACITY_FACTOR
 
 Array = jax.Array
-
-
-# Capacity (as a factor of the balanced load N*K/E) of the einsum kernel's first-choice buffer.
-DROPLESS_FAST_CAPACITY_FACTOR = 2.0
 
 
 def route(router_logits: Array, bias: Array | None, config: ModelConfig) -> tuple[Array, Array]:
@@ -112,10 +113,28 @@ class MoE(nn.Module):
 
     tokens = x.reshape(b * t, d)
     weights, experts = route(tokens.astype(jnp.float32) @ router, bias, c)
-    order, sorted_experts, rank, group_sizes = sort_by_expert(experts, e)
-    token_of = order // k
     load = jnp.zeros((e,), jnp.int32).at[experts.reshape(-1)].add(
         jnp.repeat(token_mask.reshape(-1), k).astype(jnp.int32))
+    mesh = moe_ep.expert_parallel_mesh(b) if c.moe_impl == "ep" else None
+    if mesh is not None:
+      y = moe_ep.expert_parallel_moe(
+          x.astype(cd), weights.reshape(b, t, k), experts.reshape(b, t, k), wi_gate.astype(cd),
+          wi_up.astype(cd), wo.astype(cd), mesh, None if c.capacity_factor is None else expert_capacity(b * t, c))
+    else:
+      y = self._routed_single_device(tokens, weights, experts, wi_gate, wi_up, wo)
+    y = y.reshape(b, t, d)
+    if c.n_shared_experts:
+      y = y + layers.SwiGLU(f * c.n_shared_experts, c.dtype, c.param_dtype, name="shared_experts")(x)
+    return y, load
+
+  def _routed_single_device(self, tokens, weights, experts, wi_gate, wi_up, wo):
+    """The einsum or ragged kernel: tokens [N, D], weights f32[N, K], experts int32[N, K] -> [N, D]."""
+    c = self.config
+    cd = jnp.dtype(c.dtype)
+    n, d = tokens.shape
+    e, k = c.n_routed_experts, c.num_experts_per_tok
+    order, sorted_experts, rank, group_sizes = sort_by_expert(experts, e)
+    token_of = order // k
 
     x_sorted = tokens.astype(cd)[token_of]                                     # [N*K, D]
     if c.moe_impl == "ragged":
@@ -126,13 +145,11 @@ class MoE(nn.Module):
       def padded_experts(cap):
         buf = jnp.zeros((e, cap, d), cd).at[sorted_experts, rank].set(x_sorted, mode="drop")
         buf = layers.constrain(buf, ("act_exp", None, "act_embed"))
-        h = nn.silu(jnp.einsum("ecd,edf->ecf", buf, wi_gate.astype(cd))) * jnp.einsum(
-            "ecd,edf->ecf", buf, wi_up.astype(cd))
-        out = jnp.einsum("ecf,efd->ecd", h, wo.astype(cd))
+        out = moe_ep.expert_ffn(buf, wi_gate.astype(cd), wi_up.astype(cd), wo.astype(cd))
         return out.at[sorted_experts, rank].get(mode="fill", fill_value=0)   # dropped rows -> 0
 
-      cap = expert_capacity(b * t, c)
-      fast = expert_capacity(b * t, c.replace(capacity_factor=DROPLESS_FAST_CAPACITY_FACTOR))
+      cap = expert_capacity(n, c)
+      fast = expert_capacity(n, c.replace(capacity_factor=DROPLESS_FAST_CAPACITY_FACTOR))
       if c.capacity_factor is None and fast < cap:
         # Dropless with a smaller buffer when the load allows it (most steps): the all-tokens
         # buffer costs E/K times the routed FLOPs, the fast one 2x. Only one branch runs.
@@ -140,10 +157,5 @@ class MoE(nn.Module):
                                 lambda: padded_experts(cap))
       else:
         y_sorted = padded_experts(cap)
-    y = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(b * t, k, d)
-    y = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights).astype(cd)
-
-    y = y.reshape(b, t, d)
-    if c.n_shared_experts:
-      y = y + layers.SwiGLU(f * c.n_shared_experts, c.dtype, c.param_dtype, name="shared_experts")(x)
-    return y, load
+    y = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(n, k, d)
+    return jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights).astype(cd)
