@@ -164,3 +164,21 @@ def reshard(tree, abstract_variables, mesh: Mesh, rules=TRAIN_RULES):
       axis names).
   """
   return jax.device_put(tree, variable_shardings(abstract_variables, mesh, rules))
+
+
+def place_host_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules=TRAIN_RULES) -> dict:
+  """This process's rows of a batch as global arrays split over the mesh's batch axes.
+
+  Multi-host: each process passes only the rows its own data shard produced
+  (r1.data.pipeline.host_shard), never the global batch; the global batch is the processes' rows
+  in the order the mesh puts their devices along the batch axes. With one process this is
+  jax.device_put onto the batch sharding.
+
+  Args:
+    batch: arrays [B_host, ...]; dimension 0 is logically `batch`, dimension 1 `length`.
+  """
+  def place(x):
+    x = np.asarray(x)
+    spec = PartitionSpec(*("batch", "length")[:x.ndim])
+    return jax.make_array_from_process_local_data(logical_to_sharding(spec, mesh, rules), x)
+  return {k: place(v) for k, v in batch.items()}
