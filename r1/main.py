@@ -3,10 +3,20 @@
 The config's `stage` says what runs: `model_report` (parameter counts and a timed forward pass),
 `sft`, `grpo`, `sample` (rejection sampling into an SFT dataset), `eval`, or `pipeline` (stages
 chained in one workdir, each resuming or skipping itself).
+
+Multi-host (a TPU VM slice with several workers): every worker runs the same command. `--multihost`
+(default `auto`: on a Cloud TPU VM or when JAX_COORDINATOR_ADDRESS is set) calls
+jax.distributed.initialize() before anything touches the devices, which joins the hosts into one
+JAX job (on TPU VMs the coordinator, process count and id come from the TPU metadata; elsewhere
+from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Only process 0 writes to stdout;
+every process keeps stderr (warnings, tracebacks).
 """
 
+import glob
+import importlib.util
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -19,6 +29,43 @@ import numpy as np
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs (reports, checkpoints, metrics) go.")
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", ["auto", "true", "false"],
+    "Call jax.distributed.initialize() first. auto: on a Cloud TPU VM or when JAX_COORDINATOR_ADDRESS is set.")
+
+
+def _on_cloud_tpu_vm() -> bool:
+  # TPU VMs expose their chips as /dev/accel* (v2-v4) or /dev/vfio/<n> (v5e, v5p, v6e) and have
+  # libtpu installed; checked without touching JAX's backend.
+  chips = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+  return bool(chips) and importlib.util.find_spec("libtpu") is not None
+
+
+def should_initialize_distributed(mode: str, environ=os.environ) -> bool:
+  """Whether `--multihost=mode` joins a multi-process JAX job (see the module docstring)."""
+  if mode not in ("auto", "true", "false"):
+    raise ValueError(f"--multihost={mode!r}: expected auto, true or false")
+  if mode != "auto":
+    return mode == "true"
+  return bool(environ.get("JAX_COORDINATOR_ADDRESS")) or _on_cloud_tpu_vm()
+
+
+def initialize_distributed(mode: str, environ=os.environ) -> None:
+  """jax.distributed.initialize() when `mode` says so; then silences stdout on processes > 0.
+
+  Off TPU VMs, JAX reads only the coordinator from the environment; the process count and id come
+  from JAX_NUM_PROCESSES and JAX_PROCESS_ID (r1's convention, e.g. for CPU processes on one host).
+  """
+  if should_initialize_distributed(mode, environ):
+    kwargs = {name: int(environ[var]) for name, var in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                        ("process_id", "JAX_PROCESS_ID")) if var in environ}
+    jax.distributed.initialize(**kwargs)
+    logging.info("process %d of %d, %d local devices of %d", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
+  if jax.process_index() != 0:
+    # Progress lines, eval tables and reports print once, from process 0; the metrics writer and
+    # orbax already coordinate their files.
+    sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
 
 
 def model_report(config, workdir: str) -> dict:
@@ -66,9 +113,10 @@ def model_report(config, workdir: str) -> dict:
       print(f"  expert load per MoE layer (tokens per expert): {load.tolist()}")
     report.update(forward_tokens_per_s=b * t / step_s, compile_seconds=compile_s, nll=float(nll),
                   expert_load=load.tolist())
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "model_report.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "model_report.json"), "w") as f:
+      json.dump(report, f, indent=2)
   print(f"  report written to {os.path.join(workdir, 'model_report.json')}")
   return report
 
@@ -101,6 +149,7 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if config.stage not in STAGES:
     raise app.UsageError(f"config.stage={config.stage!r}: implemented stages are {sorted(STAGES)}")
+  initialize_distributed(_MULTIHOST.value)
   logging.info("running stage %s in %s", config.stage, _WORKDIR.value)
   STAGES[config.stage](config, _WORKDIR.value)
 

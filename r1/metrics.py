@@ -210,6 +210,12 @@ def _duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def chief_print(line: str) -> None:
+  """print on process 0 only (multi-host: one progress line per step, not one per host)."""
+  if jax.process_index() == 0:
+    print(line)
+
+
 class Progress:
   """A progress line at most every `every_seconds`: step/total, steps/s, elapsed, ETA, metrics.
 
@@ -218,7 +224,7 @@ class Progress:
   """
 
   def __init__(self, total_steps: int, *, every_seconds: float = 10,
-               print_fn: Callable[[str], Any] = print,
+               print_fn: Callable[[str], Any] = chief_print,
                keys: Sequence[str] = ("reward", "accuracy", "completions/mean_length", "kl"),
                time_fn: Callable[[], float] = time.monotonic):
     self.total_steps = total_steps

@@ -70,3 +70,32 @@ def test_two_processes_agree_with_one(tmp_path):
   for key, x in one["params"].items():
     y = two["params"][key]
     assert np.abs(x - y).max() <= 1e-5 * np.abs(x).max(), key
+
+
+def test_multihost_flag():
+  from r1 import main  # pylint: disable=g-import-not-at-top
+  assert main.should_initialize_distributed("true", {})
+  assert not main.should_initialize_distributed("false", {"JAX_COORDINATOR_ADDRESS": "h:1234"})
+  assert main.should_initialize_distributed("auto", {"JAX_COORDINATOR_ADDRESS": "h:1234"})
+
+
+def test_main_joins_processes_and_prints_once(tmp_path):
+  # Every worker runs the same command; the environment says who is who (on TPU VMs: the metadata).
+  port = _free_port()
+  argv = [sys.executable, "-m", "r1.main", "--config=configs/model_report.py", f"--workdir={tmp_path}"]
+  procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(
+      _env(4), JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+           for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-4000:]
+  assert "forward [" in outputs[0][0], outputs[0]
+  # Process 1 prints nothing: it joined the job (alone it would be process 0 and print the report).
+  assert outputs[1][0] == "", outputs[1][0]
+  with open(tmp_path / "model_report.json") as f:
+    assert json.load(f)["params"]["total"] > 0
