@@ -97,7 +97,7 @@ def get_config(arg: str | None = None):
   c.eval.seed = 0
   c.eval.datasets = ("held_out",)              # the data source's eval split
 
-  c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 32, "expert": 8, "tensor": 1}})
+  c.mesh = ml_collections.ConfigDict({"shape": {"data": -1, "fsdp": 32, "expert": 8, "tensor": 1}, "dcn_data": 1})
   c.checkpoint = ml_collections.ConfigDict({"save_every": 100, "keep": 3})
   c.log = ml_collections.ConfigDict({"progress_seconds": 60, "samples_every": 50, "num_samples": 4})
   return c

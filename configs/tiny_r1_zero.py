@@ -145,7 +145,7 @@ def get_config(arg: str | None = None):
   c.eval.datasets = ("held_out",)              # the `eval` stage: also "gsm8k", "math500"
 
   # Devices: all 1 runs on one device; e.g. --config.mesh.shape.data=2 --config.mesh.shape.fsdp=2.
-  c.mesh = ml_collections.ConfigDict({"shape": {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}})
+  c.mesh = ml_collections.ConfigDict({"shape": {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}, "dcn_data": 1})
 
   c.checkpoint = ml_collections.ConfigDict({"save_every": 2 if quick else 25, "keep": 2})
   c.log = ml_collections.ConfigDict({"progress_seconds": 10, "samples_every": 5, "num_samples": 4})

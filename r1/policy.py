@@ -43,8 +43,11 @@ class Policy:
 
   def generate(self, prompts, lengths=None, *, num_samples: int = 1, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_tokens=None, seed: int = 0,
-               mesh=None):
+               mesh=None, rules=None):
     """G samples per prompt from the latent-cache sampler; see r1.sampling.generate.
+
+    `rules`: the logical-axis rules the sampler runs under (default sharding.TRAIN_RULES; with
+    sharding.SAMPLE_RULES, reshard the variables to them first with sharding.reshard).
 
     Returns SampleOutput: tokens int32[B*G, N], logprobs f32[B*G, N], lengths int32[B*G],
     mask bool[B*G, N], stopped bool[B*G]; rows grouped by prompt.
@@ -52,4 +55,5 @@ class Policy:
     from r1 import sampling  # pylint: disable=g-import-not-at-top
     return sampling.generate(self.config, self.variables, prompts, lengths, num_samples=num_samples,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                             stop_tokens=stop_tokens, seed=seed, mesh=mesh)
+                             stop_tokens=stop_tokens, seed=seed, mesh=mesh,
+                             **({} if rules is None else {"rules": rules}))

@@ -49,3 +49,12 @@ def test_training_configs_have_the_fields_their_stage_reads(name):
                 and k not in ("data.train_size", "data.eval_size")}
     missing = sorted(expected - config)
     assert not missing, f"{name} lacks {missing}"
+
+
+def test_build_mesh_reads_the_mesh_shape_and_slices():
+  from r1.train import common  # pylint: disable=g-import-not-at-top
+  config = load("tiny_r1_zero.py", "quick")
+  assert common.build_mesh(config) is None            # every axis 1, one slice: no mesh
+  config.mesh.dcn_data = 2                             # two slices need devices in pairs
+  with pytest.raises(ValueError, match="dcn_data=2"):
+    common.build_mesh(config)

@@ -102,9 +102,15 @@ def stop_tokens(config, tokenizer) -> list[int]:
 
 def build_mesh(config):
   """The device mesh of config.mesh.shape (e.g. {"data": 2, "fsdp": 2, "expert": 2}; -1 takes the
-  remaining devices); None (one device, no sharding annotations) when every axis is 1."""
-  shape = {k: int(v) for k, v in dict(config.get("mesh", {}).get("shape", {}) or {}).items()}
-  return sharding.make_mesh(shape) if any(v != 1 for v in shape.values()) else None
+  remaining devices) times config.mesh.dcn_data slices (default 1); None (one device, no sharding
+  annotations) when every axis is 1."""
+  mesh_config = config.get("mesh", {}) or {}
+  shape = {k: int(v) for k, v in dict(mesh_config.get("shape", {}) or {}).items()}
+  # Multi-slice: `data` spans mesh.dcn_data slices over the data-center network (sharding.make_mesh).
+  dcn_data = int(mesh_config.get("dcn_data", 1) or 1)
+  if dcn_data == 1 and not any(v != 1 for v in shape.values()):
+    return None
+  return sharding.make_mesh(shape, dcn_data=dcn_data)
 
 
 def place_batch(batch: dict, mesh) -> dict:
