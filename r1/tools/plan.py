@@ -354,10 +354,16 @@ def format_plan(p: dict) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_MESH = flags.DEFINE_string("mesh", None, "Mesh shape, e.g. data=2,fsdp=4 (default: config.mesh.shape).")
-_TOPOLOGY = flags.DEFINE_string("topology", "cpu-1", "v5p-1024, v6e-256, v5e-16, v4-32 or cpu-<devices>.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the plan as JSON here.")
+def _define_flags() -> dict:
+  """The command-line flags, defined only when this module is the program: r1.main defines a
+  --config flag too, and both modules may be imported in one process (the tests)."""
+  return {"config": config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True),
+          "mesh": flags.DEFINE_string("mesh", None, "Mesh shape, e.g. data=2,fsdp=4 (default: config.mesh.shape)."),
+          "topology": flags.DEFINE_string("topology", "cpu-1", "v5p-1024, v6e-256, v5e-16, v4-32 or cpu-<devices>."),
+          "json_out": flags.DEFINE_string("json_out", None, "Also write the plan as JSON here.")}
+
+
+_FLAGS = {}
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -374,14 +380,16 @@ def parse_mesh(text: str) -> dict[str, int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _CONFIG.value is None:
+  config, mesh, topology, json_out = (_FLAGS[k].value for k in ("config", "mesh", "topology", "json_out"))
+  if config is None:
     raise app.UsageError("--config is required")
-  p = plan(_CONFIG.value, parse_mesh(_MESH.value) if _MESH.value else None, _TOPOLOGY.value)
+  p = plan(config, parse_mesh(mesh) if mesh else None, topology)
   print(format_plan(p))
-  if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w") as f:
+  if json_out:
+    with open(json_out, "w") as f:
       json.dump(p, f, indent=2)
 
 
 if __name__ == "__main__":
+  _FLAGS.update(_define_flags())
   app.run(main)
