@@ -3,9 +3,10 @@
 The GRPO stage of configs/tiny_r1_zero.py (80 steps, constant lr, held-out pass@1 every 20 steps)
 run on its own from the SFT stage's exported policy and tokenizer, for lr in {3e-5, 1e-4, 3e-4}
 and G (rollout.num_samples) in {4, 8}: six work units, each the cost of the tiny run's GRPO stage.
-The pipeline sets the GRPO learning rate in pipeline.stage_overrides, where a --config.optimizer
-override cannot reach it, so each unit runs `stage=grpo` directly (as the README's
-"one stage on its own" command does). First make the SFT policy:
+Each unit runs `stage=grpo` directly (as the README's "one stage on its own" command does), so
+all six share one SFT policy; a --config.optimizer flag on the pipeline would set the SFT
+stage's learning rate too (flags win over pipeline.stage_overrides in every stage). First make
+the SFT policy:
 
   python -m r1.main --config=configs/tiny_r1_zero.py --workdir=/tmp/tiny_r1_zero
   python experiments/launch.py experiments/tiny_r1_zero_sweep.py --run

@@ -264,9 +264,9 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
 def check(experiment: Experiment, root: str = ROOT) -> list[str]:
   """Parses every work unit's config; returns warnings, raises ValueError for what cannot work.
 
-  Errors: an override that names no field or does not parse; an override that every stage of a
-  pipeline replaces with its `pipeline.stage_overrides` (it would silently do nothing); a TPU
-  mesh whose fixed axes do not divide the slice's chips. Warning: an override some stages replace.
+  Errors: an override that names no field or does not parse; a TPU mesh whose fixed axes do not
+  divide the slice's chips. Warning: an override of a value some pipeline stages set in
+  `pipeline.stage_overrides` (the flag wins, in every stage).
   """
   warnings = []
   topology = tpu_topology(experiment.topology) if experiment.topology != "cpu" else None
@@ -281,12 +281,10 @@ def check(experiment: Experiment, root: str = ROOT) -> list[str]:
         shadowed = [i for i, keys in enumerate(stage_keys)
                     if any(key == s or key.startswith(s + ".") or s.startswith(key + ".") for s in keys)]
         where = ", ".join(f"{i} ({stages[i]})" for i in shadowed)
-        if shadowed and len(shadowed) == len(stages):
-          raise ValueError(f"work unit {unit.name}: --config.{key} is replaced in every pipeline stage by "
-                           f"pipeline.stage_overrides ({where}); it would change nothing")
         if shadowed:
-          warnings.append(f"work unit {unit.name}: --config.{key} is replaced in pipeline stage(s) {where} "
-                          "by pipeline.stage_overrides")
+          # r1.main lets command-line flags win over stage_overrides, in every stage.
+          warnings.append(f"work unit {unit.name}: --config.{key} replaces the per-stage value(s) of pipeline "
+                          f"stage(s) {where} set in pipeline.stage_overrides, in every stage")
     if topology is not None and "mesh" in config:
       shape = dict(config.mesh.shape)
       fixed = 1

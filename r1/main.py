@@ -126,9 +126,21 @@ def _training_stages():
   return {"sft": sft.run, "grpo": rl.run, "sample": sample.run, "eval": eval_stage.run}
 
 
-def pipeline(config, workdir: str):
+def pipeline(config, workdir: str, pinned=None):
+  """The config's stages chained in `workdir`. `pinned`: config paths whose values win over
+  pipeline.stage_overrides; by default those given as --config.* flags on the command line."""
   from r1.train import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  return pipeline_lib.run(config, workdir, _training_stages())
+  if pinned is None:
+    pinned = command_line_overrides()
+  return pipeline_lib.run(config, workdir, _training_stages(), pinned=pinned)
+
+
+def command_line_overrides() -> list[str]:
+  """Config paths set by --config.<path>=value on the command line (none outside an absl program)."""
+  if not flags.FLAGS.is_parsed():
+    return []
+  return sorted(name[len("config."):] for name in flags.FLAGS
+                if name.startswith("config.") and flags.FLAGS[name].present)
 
 
 STAGES = {

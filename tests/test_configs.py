@@ -58,3 +58,27 @@ def test_build_mesh_reads_the_mesh_shape_and_slices():
   config.mesh.dcn_data = 2                             # two slices need devices in pairs
   with pytest.raises(ValueError, match="dcn_data=2"):
     common.build_mesh(config)
+
+
+def test_command_line_flags_win_over_stage_overrides():
+  from r1.train import pipeline  # pylint: disable=g-import-not-at-top
+  config = load("tiny_r1_zero.py")
+  config.optimizer.learning_rate = 0.5                  # as --config.optimizer.learning_rate=0.5 would
+  sft, grpo = (pipeline.stage_config(config, i, None) for i in (0, 1))
+  assert (sft.optimizer.learning_rate, grpo.optimizer.learning_rate) == (3e-3, 1e-4)   # the stage values
+  sft, grpo = (pipeline.stage_config(config, i, None, pinned=["optimizer.learning_rate"]) for i in (0, 1))
+  assert sft.optimizer.learning_rate == grpo.optimizer.learning_rate == 0.5
+  assert (sft.total_steps, grpo.optimizer.schedule) == (3000, "constant")   # other overrides still apply
+  grpo = pipeline.stage_config(config, 1, None, pinned=["optimizer"])       # a whole section pinned
+  assert grpo.optimizer.schedule == config.optimizer.schedule
+
+
+def test_main_passes_the_flags_given_on_the_command_line(tmp_path):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  script = tmp_path / "show_overrides.py"
+  script.write_text("from absl import app\nfrom r1 import main\n"
+                    "app.run(lambda argv: print(main.command_line_overrides()))\n")
+  out = subprocess.run([sys.executable, str(script), "--config=configs/tiny_r1_zero.py:quick", "--workdir=/tmp/x",
+                        "--config.optimizer.learning_rate=0.5", "--config.rollout.num_samples=2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.stdout.strip() == "['optimizer.learning_rate', 'rollout.num_samples']", out.stderr[-2000:]

@@ -149,9 +149,9 @@ def test_check_refuses_overrides_that_cannot_work():
     unit_check("configs/tiny_r1_zero.py", **{"grpo.kl_coeff": 0.1})
   with pytest.raises(ValueError, match="total_steps"):
     unit_check("configs/model_report.py", total_steps=3)
-  # Both pipeline stages set the learning rate in pipeline.stage_overrides: the flag would do nothing.
-  with pytest.raises(ValueError, match="every pipeline stage"):
-    unit_check("configs/tiny_r1_zero.py", **{"optimizer.learning_rate": 3e-4})
+  # Both pipeline stages set the learning rate in pipeline.stage_overrides: the flag replaces both.
+  warnings = unit_check("configs/tiny_r1_zero.py", **{"optimizer.learning_rate": 3e-4})
+  assert len(warnings) == 1 and "0 (sft), 1 (grpo)" in warnings[0] and "in every stage" in warnings[0]
   warnings = unit_check("configs/r1_deepseek_v3.py", topology="v5p-1024", **{"grpo.clip_eps": 1.0})
   assert len(warnings) == 1 and "4 (grpo)" in warnings[0]
   # fsdp 32 x expert 8 needs 256 chips; a v5p-8 has 4.

@@ -17,15 +17,22 @@ import ml_collections
 from r1.train import common, report, sample
 
 
-def stage_config(config, index: int, previous_workdir: str | None) -> ml_collections.ConfigDict:
-  """The config of stage `index`: the base config, its overrides, and the hand-over paths."""
+def stage_config(config, index: int, previous_workdir: str | None, pinned=()) -> ml_collections.ConfigDict:
+  """The config of stage `index`: the base config, its overrides, and the hand-over paths.
+
+  `pinned`: config paths set on the command line (e.g. "optimizer.learning_rate"); a stage
+  override of such a path (or of a section containing it) is not applied, so flags win.
+  """
   stage = config.pipeline.stages[index]
   c = ml_collections.ConfigDict(config.to_dict())
   c.unlock()
   c.stage = stage
   overrides = config.pipeline.stage_overrides[index] if index < len(config.pipeline.stage_overrides) else None
   if overrides:
-    c.update_from_flattened_dict(_flatten(ml_collections.ConfigDict(overrides).to_dict()))
+    flat = _flatten(ml_collections.ConfigDict(overrides).to_dict())
+    flat = {k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + ".") or p.startswith(k + ".") for p in pinned)}
+    c.update_from_flattened_dict(flat)
   if previous_workdir is not None:
     c.init.hf_dir = os.path.join(previous_workdir, common.POLICY_DIR)
     if "checkpoint_dir" in c.init:  # Where the first stage started from; this one starts from hf_dir.
@@ -48,8 +55,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def run(config, workdir: str, stages: dict) -> dict:
+def run(config, workdir: str, stages: dict, pinned=()) -> dict:
   """Runs config.pipeline.stages with the stage functions in `stages` (name -> run(config, dir)).
+
+  `pinned`: config paths given on the command line; they override every stage's stage_overrides.
 
   Each stage's wall time is recorded in <workdir>/pipeline.json (kept across re-runs, so a resumed
   pipeline reports the time its stages really took). When a GRPO stage evaluated its start and
@@ -71,7 +80,7 @@ def run(config, workdir: str, stages: dict) -> dict:
     else:
       print(f"stage {i} ({name}): running in {stage_dir}")
       t = time.time()
-      results[key] = stages[name](stage_config(config, i, previous), stage_dir)
+      results[key] = stages[name](stage_config(config, i, previous, pinned), stage_dir)
       seconds[key] = seconds.get(key, 0.0) + time.time() - t
     previous = stage_dir
   results["wall_seconds"] = time.time() - start
