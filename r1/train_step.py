@@ -148,19 +148,24 @@ def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimiz
   return new, metrics
 
 
+def _jit_in_mesh(fn, mesh, **jit_kwargs):
+  """jax.jit(fn), called under the mesh and its logical-axis rules when there is a mesh."""
+  jitted = jax.jit(fn, **jit_kwargs)
+  if mesh is None:
+    return jitted
+
+  def run(*args):
+    with sharding.mesh_context(mesh):
+      return jitted(*args)
+  run.jitted = jitted
+  return run
+
+
 def _jit_step(step_fn, state_shardings, mesh):
   kwargs = {"donate_argnums": 0}
   if state_shardings is not None:
     kwargs["out_shardings"] = (state_shardings, None)
-  jitted = jax.jit(step_fn, **kwargs)
-  if mesh is None:
-    return jitted
-
-  def run(state, batch):
-    with sharding.mesh_context(mesh):
-      return jitted(state, batch)
-  run.jitted = jitted
-  return run
+  return _jit_in_mesh(step_fn, mesh, **kwargs)
 
 
 # --- GRPO ---------------------------------------------------------------------------------------
@@ -228,14 +233,7 @@ def make_reference_logprobs_fn(config: ModelConfig, *, num_micro_batches: int = 
     return reference_logprobs(config, ref_params, moe_bias, fields, num_micro_batches=num_micro_batches,
                               logits_chunk_size=logits_chunk_size)
 
-  jitted = jax.jit(fn)
-  if mesh is None:
-    return jitted
-
-  def run(ref_params, moe_bias, batch):
-    with sharding.mesh_context(mesh):
-      return jitted(ref_params, moe_bias, batch)
-  return run
+  return _jit_in_mesh(fn, mesh)
 
 
 def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float = 0.2,

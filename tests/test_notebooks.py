@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(n for n in os.listdir(os.path.join(ROOT, "notebooks")) if n.endswith(".ipynb"))
 
 
-def run_notebook(name: str, env: dict, kernel_dir: str) -> nbformat.NotebookNode:
+def run_notebook(name: str, env: dict, kernel_dir: str, monkeypatch) -> nbformat.NotebookNode:
   """Executes notebooks/<name> in a kernel of this interpreter, started in notebooks/ with `env`
   added to its environment. `kernel_dir` is a scratch directory for the kernelspec."""
   # A kernelspec of our own: the installed "python3" one runs whatever `python` is on PATH.
@@ -25,22 +25,19 @@ def run_notebook(name: str, env: dict, kernel_dir: str) -> nbformat.NotebookNode
     json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                "display_name": "r1 tests", "language": "python"}, f)
   nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
-  old = dict(os.environ)
-  os.environ.update(env, JUPYTER_PATH=kernel_dir, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  try:
-    client = NotebookClient(nb, timeout=600, kernel_name="r1-test",
-                            resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}})
-    client.execute()
-  finally:
-    os.environ.clear()
-    os.environ.update(old)
+  # The kernel inherits this process's environment.
+  for key, value in dict(env, JUPYTER_PATH=kernel_dir,
+                         PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")).items():
+    monkeypatch.setenv(key, value)
+  NotebookClient(nb, timeout=600, kernel_name="r1-test",
+                 resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
   return nb
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, tmp_path):
+def test_notebook_runs(name, tmp_path, monkeypatch):
   nb = run_notebook(name, {"R1_QUICK": "1", "R1_WORKDIR": str(tmp_path / "workdir"), "JAX_PLATFORMS": "cpu"},
-                    str(tmp_path / "jupyter"))
+                    str(tmp_path / "jupyter"), monkeypatch)
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
   assert not errors, errors
   assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")

@@ -73,8 +73,8 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
       seconds = json.load(f).get("stage_seconds", {})
   previous, results = None, {}
   for i, name in enumerate(config.pipeline.stages):
-    stage_dir = os.path.join(workdir, f"{i}_{name}")
     key = f"{i}_{name}"
+    stage_dir = os.path.join(workdir, key)
     if common.stage_done(stage_dir):
       print(f"stage {i} ({name}): done, skipping ({stage_dir})")
     else:
@@ -90,18 +90,11 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
               indent=2)
   grpo_dirs = [os.path.join(workdir, f"{i}_{name}") for i, name in enumerate(config.pipeline.stages)
                if name == "grpo"]
-  if grpo_dirs and _has_before_after(grpo_dirs[-1]):
-    summary = report.write(workdir, grpo_dirs[-1], wall_seconds=total,
-                           extra={"seed": int(config.seed), "stage_seconds": seconds})
+  summary = report.write(workdir, grpo_dirs[-1], wall_seconds=total,
+                         extra={"seed": int(config.seed), "stage_seconds": seconds}) if grpo_dirs else None
+  if summary is not None:
     print(report.format_table(summary))
     print(f"report: {os.path.join(workdir, report.REPORT_FILE)}")
     results["report"] = summary
   return results
 
-
-def _has_before_after(grpo_dir: str) -> bool:
-  path = os.path.join(grpo_dir, "eval_report.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return {"before", "after"} <= set(json.load(f))

@@ -101,11 +101,17 @@ def format_samples(eval_reports: dict, dataset: str = "held_out", per_problem: i
   return "\n".join(lines)
 
 
-def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | None = None) -> dict:
+def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | None = None) -> dict | None:
   """Writes report.json, results.md, samples.md and curves.png to `workdir` from the GRPO stage
-  in `grpo_dir`; returns the summary."""
-  with open(os.path.join(grpo_dir, "eval_report.json")) as f:
+  in `grpo_dir`; returns the summary, or None (writing nothing) when that stage did not evaluate
+  both its start and its end."""
+  path = os.path.join(grpo_dir, "eval_report.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
     eval_reports = json.load(f)
+  if not {"before", "after"} <= set(eval_reports):
+    return None
   summary = summarize(eval_reports, wall_seconds=wall_seconds, extra=dict(extra or {}, grpo_stage=grpo_dir))
   with open(os.path.join(workdir, REPORT_FILE), "w") as f:
     json.dump(summary, f, indent=2)

@@ -26,6 +26,22 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _run_together(commands, envs):
+  """Starts the processes at once (they join one JAX job), waits for all; [(stdout, stderr)].
+  Every one must exit 0; a hung one is killed."""
+  procs = [subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for argv, env in zip(commands, envs)]
+  try:
+    outputs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-4000:]
+  return outputs
+
+
 def _load(out_dir):
   with open(os.path.join(out_dir, "result.json")) as f:
     result = json.load(f)
@@ -42,16 +58,7 @@ def test_two_processes_agree_with_one(tmp_path):
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, SCRIPT, str(multi), port, str(i), "2"], env=_env(4),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  try:
-    outputs = [p.communicate(timeout=600) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+  _run_together([[sys.executable, SCRIPT, str(multi), port, str(i), "2"] for i in range(2)], [_env(4)] * 2)
 
   one, two = _load(single), _load(multi)
   assert one["process_count"] == 1 and two["process_count"] == 2
@@ -83,17 +90,8 @@ def test_main_joins_processes_and_prints_once(tmp_path):
   # Every worker runs the same command; the environment says who is who (on TPU VMs: the metadata).
   port = _free_port()
   argv = [sys.executable, "-m", "r1.main", "--config=configs/model_report.py", f"--workdir={tmp_path}"]
-  procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(
-      _env(4), JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-           for i in range(2)]
-  try:
-    outputs = [p.communicate(timeout=600) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+  outputs = _run_together([argv] * 2, [dict(_env(4), JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                             JAX_PROCESS_ID=str(i)) for i in range(2)])
   assert "forward [" in outputs[0][0], outputs[0]
   # Process 1 prints nothing: it joined the job (alone it would be process 0 and print the report).
   assert outputs[1][0] == "", outputs[1][0]

@@ -48,3 +48,12 @@ def test_write_puts_report_table_samples_and_curves_in_the_workdir(tmp_path):
   samples = (tmp_path / "samples.md").read_text()
   assert "What is 12 + 34?" in samples and "before GRPO, wrong" in samples and "after GRPO, correct" in samples
   assert (tmp_path / "curves.png").read_bytes() == b"\x89PNG fake"
+
+
+def test_write_skips_a_grpo_stage_without_a_start_and_end_evaluation(tmp_path):
+  grpo = tmp_path / "1_grpo"
+  grpo.mkdir()
+  assert report.write(str(tmp_path), str(grpo), wall_seconds=1.0) is None          # no eval_report.json
+  (grpo / "eval_report.json").write_text(json.dumps({"after": _eval_report(0.5, 0.6, 1.0)}))
+  assert report.write(str(tmp_path), str(grpo), wall_seconds=1.0) is None          # no "before"
+  assert not (tmp_path / "report.json").exists()
