@@ -6,8 +6,9 @@
                               the shared prompt cache plus the sample's own generated cache.
 
 Prefix sharing is structural: the prompt cache is never copied G times; decode attends to it with
-the G samples as an extra batch axis. The cache holds only the KV latent and the shared RoPE key,
-(kv_lora_rank + qk_rope_head_dim) values per token per layer.
+the G samples as an extra batch axis. For DeepSeek's MLA the cache holds only the KV latent and the
+shared RoPE key, (kv_lora_rank + qk_rope_head_dim) values per token per layer; for the dense GQA
+students (Qwen2, Llama) the keys and values of the K/V heads (config.cache_entry_shapes).
 
 Log-probabilities. `logprobs[i, t]` is log softmax(logits / temperature)[token], the tempered
 distribution *before* top-k / top-p truncation: the quantity a GRPO trainer recomputes (as
@@ -66,16 +67,16 @@ class DecodeState:
   done: Array                # bool[B, G]
   lengths: Array             # int32[B, G]
   logits: Array              # f32[B, G, V] for the next token
-  sample_kv: tuple           # per layer (c_kv [B, G, N, L], k_pe [B, G, N, R])
+  sample_kv: tuple           # per layer (c_kv [B, G, N, L], k_pe [B, G, N, R]); GQA: (k, v) [B, G, N, K, hd]
   rng: Array
 
 
 def cache_bytes_per_token(config: ModelConfig, absorb: bool = True) -> int:
-  """Cache size per token: (kv_lora_rank + qk_rope_head_dim) x layers x dtype bytes for the
-  latent cache; H x (qk_head_dim + v_head_dim) x layers x dtype bytes expanded."""
-  c = config
-  width = c.kv_lora_rank + c.qk_rope_head_dim if absorb else c.num_attention_heads * (c.qk_head_dim + c.v_head_dim)
-  return width * c.num_hidden_layers * jnp.dtype(c.dtype).itemsize
+  """Decode cache size per token, summed over layers: (kv_lora_rank + qk_rope_head_dim) x dtype
+  bytes per layer for MLA's latent cache, H x (qk_head_dim + v_head_dim) expanded, 2 x K x head_dim
+  for GQA (config.cache_entry_shapes)."""
+  width = sum(int(np.prod(s)) for s in config.cache_entry_shapes(absorb))
+  return width * config.num_hidden_layers * jnp.dtype(config.dtype).itemsize
 
 
 def bucket_length(length: int, buckets=PROMPT_BUCKETS) -> int:
@@ -265,10 +266,7 @@ def initial_state(config: ModelConfig, first_logits: Array, num_samples: int, ma
   b, v = first_logits.shape
   g, n = num_samples, max_new_tokens
   dt = jnp.dtype(config.dtype)
-  if absorb:
-    widths = ((config.kv_lora_rank,), (config.qk_rope_head_dim,))
-  else:
-    widths = ((config.num_attention_heads, config.qk_head_dim), (config.num_attention_heads, config.v_head_dim))
+  widths = config.cache_entry_shapes(absorb)
   kv = tuple(tuple(jnp.zeros((b, g, n) + w, dt) for w in widths) for _ in range(config.num_hidden_layers))
   return DecodeState(step=jnp.zeros((), jnp.int32), tokens=jnp.zeros((b, g, n), jnp.int32),
                      logprobs=jnp.zeros((b, g, n), jnp.float32), done=jnp.zeros((b, g), bool),

@@ -42,6 +42,9 @@ TRAIN_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("embed", ("fsdp", "expert")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    # GQA's K/V heads are few (2 in Qwen2.5-1.5B, 8 in Llama-3) and need not divide `tensor`:
+    # replicated over it (they are 1/group of the attention weights).
+    ("kv_heads", None),
     ("mlp", "tensor"),
     ("q_lora", ("fsdp", "expert")),
     ("q_lora", "fsdp"),
@@ -71,6 +74,7 @@ SAMPLE_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("exp", "expert"),
     ("embed", None),
     ("heads", "tensor"),
+    ("kv_heads", None),
     ("mlp", "tensor"),
     ("q_lora", None),
     ("kv_lora", None),

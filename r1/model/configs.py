@@ -94,6 +94,69 @@ SMALL_V3 = ModelConfig(
     first_k_dense_replace=1,
 )
 
+# Dense students (R1 paper section 2.4 distils into these architectures). Qwen2.5-Math-1.5B's
+# architecture as DeepSeek-R1-Distill-Qwen-1.5B ships it (config.json of that checkpoint).
+QWEN2_5_MATH_1_5B = ModelConfig(
+    architecture="qwen2",
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    attention_bias=True,
+    rope_theta=10000.0,
+    rope_scaling=None,
+    rope_interleave=False,
+    max_position_embeddings=131072,
+    n_routed_experts=None,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+)
+
+# Llama-3.1-8B (DeepSeek-R1-Distill-Llama-8B's base): GQA 32/8 and llama3 RoPE frequency scaling.
+LLAMA3_1_8B = ModelConfig(
+    architecture="llama",
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    rope_theta=500000.0,
+    rope_scaling=RopeScaling(rope_type="llama3", factor=8.0, original_max_position_embeddings=8192,
+                             low_freq_factor=1.0, high_freq_factor=4.0),
+    rope_interleave=False,
+    max_position_embeddings=131072,
+    n_routed_experts=None,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+
+# CPU-sized dense students: every architectural feature (GQA 4/2, q/k/v biases and tied embeddings
+# for Qwen2; llama3 RoPE scaling for Llama) at a few hundred thousand parameters.
+TINY_QWEN2 = ModelConfig(
+    architecture="qwen2",
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    attention_bias=True,
+    rope_theta=10000.0,
+    rope_scaling=None,
+    rope_interleave=False,
+    max_position_embeddings=256,
+    n_routed_experts=None,
+    tie_word_embeddings=True,
+)
+
+TINY_LLAMA3 = TINY_QWEN2.replace(
+    architecture="llama", attention_bias=False, tie_word_embeddings=False, rope_theta=500000.0, rms_norm_eps=1e-5,
+    rope_scaling=RopeScaling(rope_type="llama3", factor=4.0, original_max_position_embeddings=64,
+                             low_freq_factor=1.0, high_freq_factor=4.0))
+
 _REGISTRY = {
     "deepseek_v3": DEEPSEEK_V3,
     "deepseek_v2_lite": DEEPSEEK_V2_LITE,
@@ -101,6 +164,10 @@ _REGISTRY = {
     "tiny_v2": TINY_V2,
     "tiny_v3_mtp": TINY_V3_MTP,
     "small_v3": SMALL_V3,
+    "qwen2_5_math_1_5b": QWEN2_5_MATH_1_5B,
+    "llama3_1_8b": LLAMA3_1_8B,
+    "tiny_qwen2": TINY_QWEN2,
+    "tiny_llama3": TINY_LLAMA3,
 }
 
 

@@ -1,7 +1,7 @@
 """Small building blocks: parameters with logical axes, RMSNorm, rotary embeddings (YaRN), SwiGLU.
 
 Logical axis names used by the model (mapped to mesh axes in r1/sharding.py):
-  params:      vocab, embed, q_lora, kv_lora, heads, qk_head, v_head, mlp, exp
+  params:      vocab, embed, q_lora, kv_lora, heads, kv_heads, qk_head, v_head, mlp, exp
   activations: batch, length, act_embed, act_heads, act_mlp, act_exp
 """
 
@@ -54,11 +54,13 @@ def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 
 
 def rope_inv_freq(dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
-  """Inverse rotary frequencies f32[dim // 2], with YaRN's per-frequency interpolation ramp."""
+  """Inverse rotary frequencies f32[dim // 2], with YaRN's or Llama-3's per-frequency rescaling."""
   exponents = np.arange(0, dim, 2, dtype=np.float32) / dim
   inv_freq = 1.0 / (theta ** exponents)
   if scaling is None:
     return inv_freq.astype(np.float32)
+  if scaling.rope_type == "llama3":
+    return _llama3_inv_freq(inv_freq.astype(np.float32), scaling)
 
   def correction_dim(num_rotations):
     return dim * math.log(scaling.original_max_position_embeddings / (num_rotations * 2 * math.pi)) / (
@@ -76,9 +78,24 @@ def rope_inv_freq(dim: int, theta: float, scaling: RopeScaling | None) -> np.nda
   return (interpolated * (1 - keep) + inv_freq * keep).astype(np.float32)
 
 
+def _llama3_inv_freq(inv_freq: np.ndarray, scaling: RopeScaling) -> np.ndarray:
+  """Llama-3.1's scaling: wavelengths longer than original_context / low_freq_factor are slowed by
+  `factor`, shorter than original_context / high_freq_factor kept, and a smooth blend in between."""
+  old_context = scaling.original_max_position_embeddings
+  low_wavelen = old_context / scaling.low_freq_factor
+  high_wavelen = old_context / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+  smooth = (old_context / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
 def rope_attention_factor(scaling: RopeScaling | None) -> float:
-  """The YaRN factor multiplied into cos/sin (1.0 for DeepSeek, where mscale == mscale_all_dim)."""
-  if scaling is None:
+  """The YaRN factor multiplied into cos/sin (1.0 for DeepSeek, where mscale == mscale_all_dim;
+  1.0 without YaRN)."""
+  if scaling is None or scaling.rope_type != "yarn":
     return 1.0
   if scaling.mscale and scaling.mscale_all_dim:
     return yarn_mscale(scaling.factor, scaling.mscale) / yarn_mscale(scaling.factor, scaling.mscale_all_dim)
@@ -86,8 +103,13 @@ def rope_attention_factor(scaling: RopeScaling | None) -> float:
 
 
 def softmax_scale(config: ModelConfig) -> float:
-  """1/sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)² under YaRN (DeepSeek-V2 appendix)."""
+  """1/sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)² under DeepSeek's YaRN (V2 appendix).
+
+  GQA models (Qwen2, Llama) put YaRN's correction into cos/sin only, as transformers does.
+  """
   scale = config.qk_head_dim ** -0.5
+  if config.is_gqa:
+    return scale
   if config.rope_scaling is not None and config.rope_scaling.mscale_all_dim:
     m = yarn_mscale(config.rope_scaling.factor, config.rope_scaling.mscale_all_dim)
     scale = scale * m * m
@@ -95,8 +117,9 @@ def softmax_scale(config: ModelConfig) -> float:
 
 
 def rope_cos_sin(positions: Array, config: ModelConfig) -> tuple[Array, Array]:
-  """cos, sin: f32[B, T, R/2] for positions int[B, T] and R = qk_rope_head_dim."""
-  inv_freq = rope_inv_freq(config.qk_rope_head_dim, config.rope_theta, config.rope_scaling)
+  """cos, sin: f32[B, T, R/2] for positions int[B, T] and R = config.rope_dim (MLA's
+  qk_rope_head_dim, GQA's head_dim)."""
+  inv_freq = rope_inv_freq(config.rope_dim, config.rope_theta, config.rope_scaling)
   angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
   factor = rope_attention_factor(config.rope_scaling)
   return jnp.cos(angles) * factor, jnp.sin(angles) * factor

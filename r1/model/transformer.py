@@ -1,4 +1,8 @@
-"""The DeepSeek-V2/V3 decoder: embeddings, MLA + (dense | MoE) layers, final norm, LM head, MTP.
+"""The decoder: embeddings, attention + (dense | MoE) layers, final norm, LM head, MTP.
+
+DeepSeek-V2/V3 layers use MLA and DeepSeekMoE after the first dense ones; Qwen2 / Llama layers
+(config.architecture) use grouped-query attention and a dense SwiGLU everywhere. Everything else
+(norms, FFN, embeddings, head, the sampler's decode interface) is shared.
 
 Layers are an explicit Python loop rather than `nn.scan`: the stack is heterogeneous (dense first
 layers, MoE after, MTP blocks on top), each layer returns its own expert load, and per-layer
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 
 from r1.model import layers
 from r1.model.config import ModelConfig
+from r1.model.gqa import GQA
 from r1.model.mla import MLA, attention_mask
 from r1.model.moe import MoE
 
@@ -38,7 +43,8 @@ class ModelOutput:
   """logits f32[B, T, V] (None if not asked for); hidden [B, T, D] after the final norm;
   expert_load int32[L_moe, E] tokens routed to each expert per MoE layer;
   mtp_logits f32[D_mtp, B, T, V] where depth k (0-based) at position i predicts token i + k + 2;
-  latent_kv: per layer (c_kv [B, T, kv_lora], k_pe [B, T, rope]) when asked for (prefill)."""
+  latent_kv: the decode cache entries when asked for (prefill), per layer: MLA's latent
+  (c_kv [B, T, kv_lora], k_pe [B, T, rope]), or GQA's (k [B, T, K, hd], v [B, T, K, hd])."""
   logits: Array | None
   hidden: Array
   expert_load: Array
@@ -47,14 +53,14 @@ class ModelOutput:
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block: x + MLA(norm(x)), then + FFN(norm(.)), FFN = SwiGLU or DeepSeekMoE."""
+  """Pre-norm block: x + attn(norm(x)), then + FFN(norm(.)); attn = MLA or GQA, FFN = SwiGLU or DeepSeekMoE."""
   config: ModelConfig
   moe: bool
 
   def setup(self):
     c = self.config
     self.input_layernorm = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype)
-    self.self_attn = MLA(c)
+    self.self_attn = GQA(c) if c.is_gqa else MLA(c)
     self.post_attention_layernorm = layers.RMSNorm(c.rms_norm_eps, param_dtype=c.param_dtype)
     self.mlp = MoE(c) if self.moe else layers.SwiGLU(c.intermediate_size, c.dtype, c.param_dtype)
 
@@ -176,15 +182,18 @@ class Transformer(nn.Module):
 
   def decode(self, tokens: Array, positions: Array, prompt_kv, prompt_mask: Array, sample_kv,
              sample_mask: Array, write_index: Array, absorb: bool = True):
-    """One decode step for G samples per prompt on the latent cache (absorbed MLA).
+    """One decode step for G samples per prompt on the latent cache (absorbed MLA) or GQA's K/V cache.
 
-    With absorb=False the caches hold expanded per-head keys and values instead (a baseline).
+    With absorb=False an MLA model's caches hold expanded per-head keys and values instead (a
+    baseline); GQA ignores it. Cache entry shapes: config.cache_entry_shapes(absorb).
 
     Args:
       tokens, positions: int32[B, G] the newest token of each sample and its position.
-      prompt_kv: per layer (c_kv [B, P, L], k_pe [B, P, R]), shared by a prompt's G samples.
+      prompt_kv: per layer (c_kv [B, P, L], k_pe [B, P, R]) (GQA: (k, v) [B, P, K, hd]), shared by a
+        prompt's G samples.
       prompt_mask: bool[B, P] real (non-padding) prompt tokens.
-      sample_kv: per layer (c_kv [B, G, S, L], k_pe [B, G, S, R]) for generated tokens.
+      sample_kv: per layer (c_kv [B, G, S, L], k_pe [B, G, S, R]) (GQA: [B, G, S, K, hd]) for
+        generated tokens.
       sample_mask: bool[B, G, S] generated positions to attend to (the one written now included).
       write_index: int32 scalar, where this step's entry goes in sample_kv.
     Returns:
