@@ -13,7 +13,8 @@ What is counted, per device (the mesh from --mesh or config.mesh.shape, axes dat
   activations              one micro-batch of the update, analytic (see `activation_bytes`).
   latent KV cache          the sampler's prompt cache (shared by the G samples) and per-sample cache,
                            rows split over the batch axes: (kv_lora_rank + qk_rope_head_dim) x layers
-                           x dtype bytes per token (r1.sampling.cache_bytes_per_token).
+                           x dtype bytes per token for MLA, 2 x K/V heads x head_dim for the dense
+                           GQA students (r1.sampling.cache_bytes_per_token).
 The train-step peak is state + gradients + activations; the rollout peak is state + KV cache +
 prefill/decode working memory. The plan fits when the larger of the two is under the device memory.
 Left out: XLA's collective buffers and fragmentation, and the separately jitted reference forward
@@ -208,10 +209,17 @@ def layer_terms(mc: ModelConfig, layer: int, seq_len: int, tensor: int) -> dict[
   f32 and its compute-dtype copy, per query token)."""
   cd = jnp.dtype(mc.dtype).itemsize
   d, h = mc.hidden_size, -(-mc.num_attention_heads // tensor)
-  q_lora = mc.q_lora_rank or 0
-  lat, rope = mc.kv_lora_rank, mc.qk_rope_head_dim
-  attn_dots = (q_lora + h * mc.qk_head_dim + lat + rope + h * (mc.qk_nope_head_dim + mc.v_head_dim) + d) * cd
-  attn_other = (d + q_lora + lat + h * rope + rope + h * mc.v_head_dim + d) * cd
+  if mc.is_gqa:
+    # q, k, v, o projections | norm, RoPE'd q and k, context, residual. K/V heads are replicated
+    # over `tensor` (sharding rules), so they are not divided by it.
+    hd, kv = mc.gqa_head_dim, mc.kv_heads
+    attn_dots = (h * hd + 2 * kv * hd + d) * cd
+    attn_other = (2 * d + 2 * h * hd + kv * hd) * cd
+  else:
+    q_lora = mc.q_lora_rank or 0
+    lat, rope = mc.kv_lora_rank, mc.qk_rope_head_dim
+    attn_dots = (q_lora + h * mc.qk_head_dim + lat + rope + h * (mc.qk_nope_head_dim + mc.v_head_dim) + d) * cd
+    attn_other = (d + q_lora + lat + h * rope + rope + h * mc.v_head_dim + d) * cd
   ffn_dots, ffn_other = _ffn_terms(mc, mc.is_moe_layer(layer), tensor)
   return {"input": d * cd, "dots": attn_dots + ffn_dots, "other": attn_other + ffn_other,
           "scores": h * seq_len * (4 + cd)}
@@ -238,7 +246,7 @@ def activation_bytes(mc: ModelConfig, rows: int, seq_len: int, logits_chunk: int
   backward = h * seq_len * 4 + 3 * mc.hidden_size * 4
   chunk = min(logits_chunk or seq_len, seq_len)
   head = 3 * rows * chunk * mc.vocab_size * 4
-  return {"saved_layers": saved * tokens, "layer_args": (mc.qk_rope_head_dim * 4 + seq_len + 1) * tokens,
+  return {"saved_layers": saved * tokens, "layer_args": (mc.rope_dim * 4 + seq_len + 1) * tokens,
           "hidden": 2 * mc.hidden_size * jnp.dtype(mc.dtype).itemsize * tokens,
           "recomputed_layer": recomputed * tokens, "backward": backward * tokens, "logits": head}
 

@@ -62,8 +62,8 @@ def test_state_bytes_equal_a_real_train_state(tiny):
   assert c["gradients"] == tree_bytes(state.params)     # one micro-batch: no separate accumulator
 
 
-def test_train_step_peak_matches_compiled_memory(tiny):
-  config, mc, optimizer, schedule, state, p = tiny
+def compiled_step_bytes(config, mc, optimizer, schedule, state, p) -> int:
+  """Arguments + outputs - donated aliases + temporaries of the compiled GRPO step."""
   w = p["workload"]
   b, t = w["rows"], w["seq_len"]
   assert (b, t) == (4, 64)
@@ -72,12 +72,34 @@ def test_train_step_peak_matches_compiled_memory(tiny):
            "advantages": jnp.ones((b,), jnp.float32), "ref_logprobs": jnp.zeros((b, t), jnp.float32)}
   step = ts.make_grpo_step(mc, optimizer, schedule, kl_coef=config.grpo.kl_coef)
   ma = step.lower(state, batch).compile().memory_analysis()
-  measured = ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes
+  return ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes
+
+
+def test_train_step_peak_matches_compiled_memory(tiny):
+  p = tiny[-1]
+  measured = compiled_step_bytes(*tiny)
   ratio = p["train_peak"] / measured
-  print(f"planned {p['train_peak']:,} B, compiled {measured:,} B (temp {ma.temp_size_in_bytes:,}), ratio {ratio:.3f}")
+  print(f"planned {p['train_peak']:,} B, compiled {measured:,} B, ratio {ratio:.3f}")
   assert 0.8 <= ratio <= 1.2, (p["train_peak"], measured)
   # Activations dominate at this size: the estimate is not carried by the (exact) state terms.
   assert p["components"]["activations"] > 0.5 * measured
+
+
+def test_dense_student_train_step_peak_matches_compiled_memory():
+  config = tiny_grpo_config()
+  config.model.name = "tiny_qwen2"            # GQA 4/2 heads, q/k/v biases, tied embeddings
+  mc = plan_lib.model_config_of(config)
+  assert mc.is_gqa and mc.hidden_size == 128
+  optimizer, schedule = make_optimizer(config)
+  state = ts.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
+  p = plan_lib.plan(config, {"data": 1}, "cpu-1")
+  assert p["components"]["params"] == tree_bytes(state.params)
+  measured = compiled_step_bytes(config, mc, optimizer, schedule, state, p)
+  ratio = p["train_peak"] / measured
+  print(f"dense: planned {p['train_peak']:,} B, compiled {measured:,} B, ratio {ratio:.3f}")
+  assert 0.8 <= ratio <= 1.2, (p["train_peak"], measured)
+  # The GQA cache: 2 x 2 K/V heads x 32 x 2 layers x 4 B per token.
+  assert p["components"]["kv_cache"] == 2 * (32 + 2 * 32) * 2 * 2 * 32 * 2 * 4
 
 
 @pytest.mark.parametrize("remat", ["dots", "full"])
