@@ -3,9 +3,16 @@
 A template turns a question into the prompt text the policy continues, and a (reasoning, answer)
 pair into the response text an SFT example trains on. bos is not part of the text: the pipeline
 adds the tokenizer's bos id.
+
+`hf_chat` is the chat template a Hugging Face tokenizer ships (tokenizer_config.json
+`chat_template`, a Jinja2 string): R1-Distill students are fine-tuned in their own chat format
+(Qwen2.5's ChatML, R1-Distill's `<｜User｜>...<｜Assistant｜><think>\n`). It reads the tokenizer
+directory of config.tokenizer.path, or the one named in `hf_chat:<dir>`.
 """
 
 import dataclasses
+import json
+import os
 
 
 # DeepSeek-R1 paper, Table 1, verbatim; `{prompt}` is the red "prompt" the paper replaces with the
@@ -56,10 +63,146 @@ TEMPLATES = {
 }
 
 
-def get_template(name: str) -> Template:
-  """The template called `name`: one of r1_zero, r1_chat, plain."""
+HF_CHAT = "hf_chat"
+
+
+def get_template(name: str, tokenizer_path: str | None = None) -> Template:
+  """The template called `name`: one of r1_zero, r1_chat, plain, or hf_chat (the chat template of
+  the Hugging Face tokenizer at `tokenizer_path`; `hf_chat:<dir>` names the directory itself)."""
+  if name == HF_CHAT or name.startswith(HF_CHAT + ":"):
+    path = name[len(HF_CHAT) + 1:] or tokenizer_path
+    if not path:
+      raise ValueError(f"prompt template {name!r} reads a Hugging Face tokenizer's chat template: set "
+                       "config.tokenizer.path to the tokenizer directory, or name it: 'hf_chat:/path/to/dir'")
+    return hf_chat_template(path)
   try:
     return TEMPLATES[name]
   except KeyError:
-    raise ValueError(f"unknown prompt template {name!r}; expected one of {sorted(TEMPLATES)}") \
+    raise ValueError(f"unknown prompt template {name!r}; expected one of {sorted(TEMPLATES) + [HF_CHAT]}") \
         from None
+
+
+# --- Hugging Face chat templates -----------------------------------------------------------------
+
+# Stands for the question while the chat template renders; the rendered text splits around it.
+# No spaces or markup, so that templates that strip or escape content leave it whole.
+_QUESTION_SENTINEL = "R1QuestionSentinel7f3c9a"
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def read_chat_template(tokenizer_path: str) -> tuple[str, dict[str, str]]:
+  """(the Jinja2 chat template, special token strings {bos_token, eos_token, ...}) of a Hugging Face
+  tokenizer directory (or a file in it): tokenizer_config.json `chat_template` (a string, or a list
+  of named templates of which "default"), else chat_template.jinja (newer transformers)."""
+  directory = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
+  config_path = os.path.join(directory, "tokenizer_config.json")
+  config = {}
+  if os.path.exists(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      config = json.load(f)
+  source = config.get("chat_template")
+  if isinstance(source, list):
+    named = {t.get("name"): t.get("template") for t in source}
+    if "default" not in named:
+      raise ValueError(f"{config_path}: chat_template lists {sorted(map(str, named))}, expected one named 'default'")
+    source = named["default"]
+  jinja_path = os.path.join(directory, "chat_template.jinja")
+  if source is None and os.path.exists(jinja_path):
+    with open(jinja_path, encoding="utf-8") as f:
+      source = f.read()
+  if not isinstance(source, str) or not source:
+    raise ValueError(f"tokenizer directory {directory!r} has no chat template: expected a `chat_template` string "
+                     "in tokenizer_config.json or a chat_template.jinja file (template 'hf_chat')")
+  specials = {}
+  for key in _SPECIAL_TOKEN_KEYS:
+    value = config.get(key)
+    value = value.get("content") if isinstance(value, dict) else value
+    if isinstance(value, str):
+      specials[key] = value
+  return source, specials
+
+
+def render_chat_template(source: str, messages: list[dict], *, add_generation_prompt: bool = True,
+                         **variables) -> str:
+  """Renders a Hugging Face chat template as transformers' apply_chat_template does (sandboxed
+  Jinja2, trim_blocks, lstrip_blocks, loopcontrols, raise_exception, tojson), given `messages`,
+  add_generation_prompt, tools=None, documents=None and `variables` (special tokens).
+
+  A top-level name the template needs and nobody provides raises ValueError; a missing key of a
+  provided object renders empty, as in transformers (`message.tool_calls` of a user message).
+  """
+  try:
+    import jinja2  # pylint: disable=g-import-not-at-top
+    import jinja2.sandbox  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("rendering a Hugging Face chat template needs jinja2: pip install 'r1[hf]'") from e
+
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                     undefined=_undefined_variable_class(),
+                                                     extensions=["jinja2.ext.loopcontrols"])
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  # transformers' tojson: no HTML escaping, non-ASCII kept.
+  env.filters["tojson"] = lambda x, indent=None, separators=None, sort_keys=False: json.dumps(
+      x, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+  env.globals["raise_exception"] = raise_exception
+  context = {"messages": messages, "add_generation_prompt": add_generation_prompt, "tools": None,
+             "documents": None, **variables}
+  try:
+    return env.from_string(source).render(**context)
+  except jinja2.exceptions.UndefinedError as e:
+    raise ValueError(f"chat template needs a variable r1 does not provide ({e}); provided: {sorted(context)}") \
+        from None
+  except jinja2.exceptions.TemplateError as e:
+    raise ValueError(f"chat template failed to render one user message: {type(e).__name__}: {e}") from None
+
+
+def _undefined_variable_class():
+  """A jinja2.Undefined that fails when a missing top-level variable is used, and is empty (like
+  jinja2's default) for a missing key or attribute of a defined object."""
+  import jinja2  # pylint: disable=g-import-not-at-top
+
+  def strict(name):
+    lenient = getattr(jinja2.Undefined, name)
+
+    def method(self, *args):
+      if self._undefined_obj is jinja2.utils.missing:  # pylint: disable=protected-access
+        self._fail_with_undefined_error()  # pylint: disable=protected-access
+      return lenient(self, *args)
+    return method
+
+  methods = {n: strict(n) for n in ("__str__", "__iter__", "__len__", "__bool__", "__eq__", "__ne__")}
+  methods["__hash__"] = jinja2.Undefined.__hash__
+  methods["__slots__"] = ()
+  return type("UndefinedVariable", (jinja2.Undefined,), methods)
+
+
+def hf_chat_template(tokenizer_path: str) -> Template:
+  """The `hf_chat` Template of a Hugging Face tokenizer directory (see read_chat_template).
+
+  One user turn [{"role": "user", "content": question}] with add_generation_prompt=True renders
+  as prefix + question + suffix: the prompt. A leading bos token is dropped from the prefix (the
+  pipeline adds the bos id). The SFT response is the completion as is (a jsonl source's teacher
+  text), then the tokenizer's eos; synthetic worked solutions are `<think>\n{reasoning}\n</think>`
+  and the answer tags, without the `<think>` when the template already opens it (R1-Distill).
+  """
+  source, specials = read_chat_template(tokenizer_path)
+  try:
+    text = render_chat_template(source, [{"role": "user", "content": _QUESTION_SENTINEL}], **specials)
+  except ValueError as e:
+    raise ValueError(f"{tokenizer_path}: {e}") from None
+  if text.count(_QUESTION_SENTINEL) != 1:
+    raise ValueError(f"{tokenizer_path}: the chat template's rendering of one user message contains the message's "
+                     f"content {text.count(_QUESTION_SENTINEL)} times, expected once verbatim: {text!r}")
+  prefix, suffix = text.split(_QUESTION_SENTINEL)
+  bos = specials.get("bos_token")
+  if bos and prefix.startswith(bos):
+    prefix = prefix[len(bos):]
+  if "{prompt}" in prefix + suffix:
+    raise ValueError(f"{tokenizer_path}: the chat template renders a literal '{{prompt}}' around the question")
+  think_opened = suffix.rstrip().endswith("<think>")
+  response = ("{reasoning}\n</think>\n<answer>{answer}</answer>" if think_opened
+              else "<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>")
+  return Template(HF_CHAT, prefix + "{prompt}" + suffix, response_format=response)

@@ -1,4 +1,7 @@
-"""Templates render exactly."""
+"""Templates render exactly, the hf_chat ones from hand-written tokenizer_config.json files."""
+
+import json
+import os
 
 import pytest
 
@@ -43,5 +46,104 @@ def test_braces_in_questions_survive():
 
 
 def test_unknown_template_names_choices():
-  with pytest.raises(ValueError, match=r"unknown prompt template 'r2'.*plain.*r1_chat.*r1_zero"):
+  with pytest.raises(ValueError, match=r"unknown prompt template 'r2'.*plain.*r1_chat.*r1_zero.*hf_chat"):
     templates.get_template("r2")
+
+
+# --- hf_chat: a tokenizer directory's chat template -----------------------------------------------
+
+# Qwen2.5-Math-Instruct's ChatML template, cut to what one user turn exercises (the tools branch,
+# the default system prompt, the `message.tool_calls` lookup on a message that has none).
+QWEN_CHATML = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}{{- tools | tojson }}{{- '<|im_end|>\\n' }}"
+    "{%- else %}{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nPlease reason step by step, and put your final answer within "
+    "\\\\boxed{}.<|im_end|>\\n' }}{%- endif %}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'assistant' and not message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+# DeepSeek-R1-Distill-Qwen's template, cut the same way: bos first, the namespace, and the
+# generation prompt that opens the reasoning block.
+R1_DISTILL = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% set ns = namespace(is_first=false, is_tool=false, system_prompt='') %}"
+    "{%- for message in messages %}{%- if message['role'] == 'system' %}"
+    "{% set ns.system_prompt = message['content'] %}{%- endif %}{%- endfor %}"
+    "{{bos_token}}{{ns.system_prompt}}"
+    "{%- for message in messages %}{%- if message['role'] == 'user' %}"
+    "{{'<｜User｜>' + message['content']}}{%- endif %}"
+    "{%- if message['role'] == 'assistant' and message['content'] is not none %}"
+    "{{'<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endfor %}"
+    "{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\\n'}}{% endif %}")
+
+
+def write_tokenizer_config(directory, **config):
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+  return str(directory)
+
+
+def test_hf_chat_qwen_chatml(tmp_path):
+  path = write_tokenizer_config(tmp_path / "qwen", chat_template=QWEN_CHATML, bos_token=None,
+                                eos_token="<|im_end|>")
+  t = templates.get_template("hf_chat", tokenizer_path=path)
+  q = r"What is $\frac{1}{2} + 3$?"
+  assert t.name == "hf_chat"
+  assert t.render_prompt(q) == ("<|im_start|>system\nPlease reason step by step, and put your final answer "
+                                "within \\boxed{}.<|im_end|>\n<|im_start|>user\n" + q +
+                                "<|im_end|>\n<|im_start|>assistant\n")
+  assert t.render_response("r", "a") == "<think>\nr\n</think>\n<answer>a</answer>"
+  # A file in the directory (tokenizer.json) and the explicit `hf_chat:<dir>` name read the same.
+  assert templates.get_template("hf_chat", os.path.join(path, "tokenizer.json")) == t
+  assert templates.get_template("hf_chat:" + path) == t
+
+
+def test_hf_chat_r1_distill_drops_bos_and_opens_think(tmp_path):
+  path = write_tokenizer_config(tmp_path / "distill", chat_template=R1_DISTILL,
+                                bos_token={"content": "<｜begin▁of▁sentence｜>", "lstrip": False},
+                                eos_token={"content": "<｜end▁of▁sentence｜>"})
+  t = templates.get_template("hf_chat", tokenizer_path=path)
+  # The pipeline adds the bos id, so the template's own bos text is not part of the prompt.
+  assert t.render_prompt("Hi {x}?") == "<｜User｜>Hi {x}?<｜Assistant｜><think>\n"
+  # The prompt already opened the reasoning block: worked solutions continue inside it.
+  assert t.render_response("r", "a") == "r\n</think>\n<answer>a</answer>"
+
+
+def test_hf_chat_reads_chat_template_jinja_and_named_lists(tmp_path):
+  jinja_dir = write_tokenizer_config(tmp_path / "jinja", eos_token="</s>")
+  (tmp_path / "jinja" / "chat_template.jinja").write_text(
+      "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+      "{% if add_generation_prompt %}[assistant] {% endif %}", encoding="utf-8")
+  assert templates.get_template("hf_chat", jinja_dir).render_prompt("q") == "[user] q\n[assistant] "
+  named = write_tokenizer_config(tmp_path / "named", chat_template=[
+      {"name": "tool_use", "template": "unused"},
+      {"name": "default", "template": "U:{{ messages[0].content }} A:"}])
+  assert templates.get_template("hf_chat", named).render_prompt("q") == "U:q A:"
+
+
+def test_hf_chat_errors_name_the_problem(tmp_path):
+  with pytest.raises(ValueError, match="config.tokenizer.path"):
+    templates.get_template("hf_chat")
+  no_template = write_tokenizer_config(tmp_path / "none", eos_token="</s>")
+  with pytest.raises(ValueError, match="has no chat template"):
+    templates.get_template("hf_chat", no_template)
+  # Content rewritten (here upper-cased) or dropped: the question is not in the prompt verbatim.
+  upper = write_tokenizer_config(tmp_path / "upper", chat_template="User: {{ messages[0].content | upper }}")
+  with pytest.raises(ValueError, match="content 0 times, expected once verbatim"):
+    templates.get_template("hf_chat", upper)
+  # A variable nobody provides (transformers callers pass extra kwargs; r1 does not).
+  needs = write_tokenizer_config(tmp_path / "needs", chat_template="{{ system_message }} U: {{ messages[0].content }}")
+  with pytest.raises(ValueError, match="system_message.*provided: .*add_generation_prompt"):
+    templates.get_template("hf_chat", needs)
+  # ... while an optional one, guarded by `is defined`, is fine.
+  optional = write_tokenizer_config(tmp_path / "optional", chat_template=(
+      "{% if enable_thinking is defined and enable_thinking %}T{% endif %}U: {{ messages[0].content }}"))
+  assert templates.get_template("hf_chat", optional).render_prompt("q") == "U: q"
+  raising = write_tokenizer_config(tmp_path / "raising", chat_template=(
+      "{% if messages[0].role == 'user' %}{{ raise_exception('needs a system message first') }}{% endif %}"))
+  with pytest.raises(ValueError, match="needs a system message first"):
+    templates.get_template("hf_chat", raising)
