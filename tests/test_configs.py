@@ -8,6 +8,7 @@ import pytest
 
 from r1 import main
 from r1.model import configs as model_configs
+from r1.train import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
@@ -61,7 +62,6 @@ def test_build_mesh_reads_the_mesh_shape_and_slices():
 
 
 def test_command_line_flags_win_over_stage_overrides():
-  from r1.train import pipeline  # pylint: disable=g-import-not-at-top
   config = load("tiny_r1_zero.py")
   config.optimizer.learning_rate = 0.5                  # as --config.optimizer.learning_rate=0.5 would
   sft, grpo = (pipeline.stage_config(config, i, None) for i in (0, 1))
@@ -82,3 +82,40 @@ def test_main_passes_the_flags_given_on_the_command_line(tmp_path):
                         "--config.optimizer.learning_rate=0.5", "--config.rollout.num_samples=2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
   assert out.stdout.strip() == "['optimizer.learning_rate', 'rollout.num_samples']", out.stderr[-2000:]
+
+
+def test_distill_pipeline_hands_each_stage_its_policy_teacher_and_data():
+  config = load("distill_tiny.py", "quick,logits")
+  dirs = [f"/w/{i}_{s}" for i, s in enumerate(config.pipeline.stages)]
+  stages = [pipeline.stage_config(config, i, dirs[i - 1] if i else None, stage_dirs=dirs)
+            for i in range(len(dirs))]
+  teacher_sft, teacher_grpo, student_sft, sample_stage, distill, student_grpo = stages
+  assert teacher_sft.init.hf_dir == "" and teacher_sft.model.name == "tiny_v3"
+  assert teacher_grpo.init.hf_dir == "/w/0_sft/policy"
+  # The student starts from random init of its own model, with the pipeline's one tokenizer.
+  assert student_sft.init.hf_dir == "" and student_sft.model.name == "tiny_qwen2"
+  assert student_sft.tokenizer.path == "/w/1_grpo/tokenizer"
+  assert sample_stage.init.hf_dir == "/w/1_grpo/policy"                 # the teacher samples
+  assert distill.init.hf_dir == "/w/2_sft/policy"                       # the student's base
+  assert (distill.sft.source, distill.sft.path) == ("jsonl", "/w/3_sample/sft_data.jsonl")
+  assert distill.sft.distill.teacher_dir == "/w/1_grpo/policy" and distill.sft.distill.weight == 1.0
+  assert student_grpo.init.hf_dir == "/w/2_sft/policy" and student_grpo.sft.distill.teacher_dir == ""
+  # Without ":logits" there is no teacher in the SFT loss.
+  plain = load("distill_tiny.py", "quick")
+  assert pipeline.stage_config(plain, 4, dirs[3], stage_dirs=dirs).sft.distill.weight == 0.0
+  with pytest.raises(ValueError, match="earlier stage"):
+    bad = load("distill_tiny.py", "quick")
+    bad.pipeline.policy_from = ("previous", 1)
+    pipeline.stage_config(bad, 1, dirs[0], stage_dirs=dirs)
+  with pytest.raises(ValueError, match="unknown arguments"):
+    load("distill_tiny.py", "fast")
+
+
+def test_policy_from_a_path_takes_its_sibling_tokenizer(tmp_path):
+  (tmp_path / "teacher" / "policy").mkdir(parents=True)
+  (tmp_path / "teacher" / "tokenizer").mkdir()
+  config = load("distill_tiny.py", "quick")
+  config.pipeline.policy_from = ("previous", "previous", "init", str(tmp_path / "teacher" / "policy"), 2, 2)
+  c = pipeline.stage_config(config, 3, "/w/2_sft", stage_dirs=[f"/w/{i}" for i in range(6)])
+  assert c.init.hf_dir == str(tmp_path / "teacher" / "policy")
+  assert c.tokenizer.path == str(tmp_path / "teacher" / "tokenizer")

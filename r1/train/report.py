@@ -18,6 +18,8 @@ import platform
 import shutil
 
 REPORT_FILE = "report.json"
+COMPARISON_FILE = "comparison.json"
+COMPARISON_TABLE_FILE = "comparison.md"
 TABLE_FILE = "results.md"
 SAMPLES_FILE = "samples.md"
 CURVES_FILE = "curves.png"
@@ -124,3 +126,61 @@ def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | Non
   if os.path.exists(curves):
     shutil.copyfile(curves, os.path.join(workdir, CURVES_FILE))
   return summary
+
+
+def _stage_evaluation(stage_dir: str, when: str, dataset: str) -> dict:
+  """The `when` ("before" | "after") held-out evaluation of the stage in `stage_dir`: a GRPO stage's
+  eval_report.json holds both, an SFT stage's its final evaluation only (its "after")."""
+  path = os.path.join(stage_dir, "eval_report.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: the stage did not evaluate (set eval.at_end / eval.at_start on it)")
+  with open(path) as f:
+    reports = json.load(f)
+  if "datasets" in reports:  # A single evaluation: the stage's final policy.
+    reports = {"after": reports}
+  if when not in reports:
+    raise ValueError(f"{path}: no {when!r} evaluation (has {sorted(reports)})")
+  return reports[when]["datasets"][dataset]
+
+
+def write_comparison(workdir: str, rows, *, dataset: str = "held_out") -> dict:
+  """Puts several stages' held-out evaluations side by side (e.g. teacher vs distilled vs RL-only
+  student) in <workdir>/comparison.json and comparison.md.
+
+  Args:
+    rows: (title, stage_dir, "before" | "after") triples; every evaluation must use the same
+      problems and protocol (n_eval, k), else ValueError.
+  Returns:
+    {"dataset", "n_eval", "k", "rows": [{"title", "stage", "when", "pass@1", "pass@1_ci", "cons@k",
+    "pass@k", "format_reward", "mean_length"}]}.
+  """
+  out_rows, protocol = [], None
+  for title, stage_dir, when in rows:
+    r = _stage_evaluation(stage_dir, when, dataset)
+    if protocol is None:
+      protocol = (r["n_eval"], r["k"])
+    elif (r["n_eval"], r["k"]) != protocol:
+      raise ValueError(f"write_comparison: {title!r} evaluated {r['n_eval']} x {r['k']}, the first row "
+                       f"{protocol[0]} x {protocol[1]}")
+    out_rows.append({"title": title, "stage": os.path.basename(stage_dir), "when": when, "pass@1": r["pass@1"],
+                     "pass@1_ci": r["pass@1_ci"], "cons@k": r["cons@k"], "pass@k": r["pass@k_max"],
+                     "format_reward": r["format_rate"], "mean_length": r["mean_length"]})
+  comparison = {"dataset": dataset, "n_eval": protocol[0], "k": protocol[1], "rows": out_rows}
+  with open(os.path.join(workdir, COMPARISON_FILE), "w") as f:
+    json.dump(comparison, f, indent=2)
+    f.write("\n")
+  with open(os.path.join(workdir, COMPARISON_TABLE_FILE), "w") as f:
+    f.write(format_comparison(comparison) + "\n")
+  return comparison
+
+
+def format_comparison(comparison: dict) -> str:
+  """The comparison as a Markdown table."""
+  lines = [f"Held-out `{comparison['dataset']}`: {comparison['n_eval']} problems x k={comparison['k']} samples.", "",
+           "| policy | stage | pass@1 (95% CI) | cons@k | pass@k | format | mean length |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+  for r in comparison["rows"]:
+    lo, hi = r["pass@1_ci"]
+    lines.append(f"| {r['title']} | {r['stage']} ({r['when']}) | {r['pass@1']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                 f"{r['cons@k']:.3f} | {r['pass@k']:.3f} | {r['format_reward']:.3f} | {r['mean_length']:.1f} |")
+  return "\n".join(lines)

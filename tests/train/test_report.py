@@ -57,3 +57,27 @@ def test_write_skips_a_grpo_stage_without_a_start_and_end_evaluation(tmp_path):
   (grpo / "eval_report.json").write_text(json.dumps({"after": _eval_report(0.5, 0.6, 1.0)}))
   assert report.write(str(tmp_path), str(grpo), wall_seconds=1.0) is None          # no "before"
   assert not (tmp_path / "report.json").exists()
+
+
+def test_comparison_puts_stages_side_by_side_and_checks_the_protocol(tmp_path):
+  teacher, student = tmp_path / "1_grpo", tmp_path / "4_sft"
+  teacher.mkdir()
+  student.mkdir()
+  (teacher / "eval_report.json").write_text(json.dumps(
+      {"before": _eval_report(0.25, 0.3, 0.9), "after": _eval_report(0.75, 0.8, 1.0)}))
+  (student / "eval_report.json").write_text(json.dumps(_eval_report(0.5, 0.55, 1.0)))  # an SFT stage's final eval
+  rows = [("teacher", str(teacher), "after"), ("student base", str(teacher), "before"),
+          ("distilled", str(student), "after")]
+  comparison = report.write_comparison(str(tmp_path), rows)
+  assert [r["pass@1"] for r in comparison["rows"]] == [0.75, 0.25, 0.5]
+  assert (comparison["n_eval"], comparison["k"]) == (32, 4)
+  assert json.loads((tmp_path / "comparison.json").read_text()) == comparison
+  table = (tmp_path / "comparison.md").read_text()
+  assert "| distilled | 4_sft (after) | 0.500 [0.400, 0.600] | 0.550 |" in table
+  with pytest.raises(ValueError, match="no 'before'"):
+    report.write_comparison(str(tmp_path), [("x", str(student), "before")])
+  (student / "eval_report.json").write_text(json.dumps(_eval_report(0.5, 0.55, 1.0, k=2)))
+  with pytest.raises(ValueError, match="evaluated 32 x 2"):
+    report.write_comparison(str(tmp_path), rows)
+  with pytest.raises(FileNotFoundError, match="did not evaluate"):
+    report.write_comparison(str(tmp_path), [("x", str(tmp_path / "5_grpo"), "after")])
