@@ -1,10 +1,11 @@
-"""Hugging Face DeepSeek-V2/V3 checkpoints in and out (config.json + safetensors).
+"""Hugging Face checkpoints in and out (config.json + safetensors): DeepSeek-V2/V3 and the dense
+students the R1 paper distils into, Qwen2/2.5 (`model_type: qwen2`) and Llama-3 (`model_type: llama`).
 
 Loading walks r1's parameter tree and reads each tensor from its (memory-mapped) safetensors file,
 converts it (transposes, head reshapes, per-expert stacking, FP8 block dequantisation) and places
 it on devices straight away, with its target sharding when a mesh is given, so host memory holds
 one converted tensor at a time rather than a second copy of the model. Export writes the published
-layout (per-expert tensors, `rope_scaling` with `type`) that transformers loads.
+layout (per-expert tensors, `rope_theta` + `rope_scaling`) that transformers loads.
 """
 
 import json
@@ -24,16 +25,19 @@ from r1.model.config import ModelConfig, RopeScaling
 from r1.policy import Policy
 from r1.sharding import TRAIN_RULES, variable_shardings
 
-# config.json fields that carry no information r1 needs (checked so that nothing else slips by).
-_IGNORED_CONFIG_FIELDS = {
+# config.json fields that carry no information r1 needs (checked so that nothing else slips by):
+# bookkeeping every transformers config may hold, then DeepSeek's own.
+_METADATA_FIELDS = {
     "architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version", "bos_token_id",
-    "eos_token_id", "pad_token_id", "initializer_range", "use_cache", "attention_dropout", "pretraining_tp",
-    "num_key_value_heads", "ep_size", "aux_loss_alpha", "seq_aux", "output_router_logits", "head_dim",
-    "qk_head_dim", "num_experts", "num_local_experts", "router_aux_loss_coef", "_name_or_path",
+    "eos_token_id", "pad_token_id", "initializer_range", "use_cache", "attention_dropout", "_name_or_path",
     "tie_encoder_decoder", "return_dict", "output_hidden_states", "output_attentions", "use_return_dict",
     "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type", "tokenizer_class",
-    "task_specific_params", "torchscript", "num_mtp_layers", "_attn_implementation_autoset", "layer_types",
-    "mlp_layer_types", "index_topk", "index_n_heads", "index_head_dim",
+    "task_specific_params", "torchscript", "_attn_implementation_autoset",
+}
+_IGNORED_CONFIG_FIELDS = _METADATA_FIELDS | {
+    "pretraining_tp", "num_key_value_heads", "ep_size", "aux_loss_alpha", "seq_aux", "output_router_logits",
+    "head_dim", "qk_head_dim", "num_experts", "num_local_experts", "router_aux_loss_coef", "num_mtp_layers",
+    "layer_types", "mlp_layer_types", "index_topk", "index_n_heads", "index_head_dim",
 }
 # Fields read into ModelConfig under the same name.
 _SAME_NAME_FIELDS = (
@@ -43,6 +47,17 @@ _SAME_NAME_FIELDS = (
     "routed_scaling_factor", "first_k_dense_replace", "num_nextn_predict_layers", "rms_norm_eps",
     "tie_word_embeddings",
 )
+# Dense decoders: model_type -> (transformers class, its config defaults for the fields r1 reads).
+# transformers 4.x writes only the fields that differ from its class defaults, so a missing field
+# means this value, not DeepSeek-V3's.
+_DENSE_ARCHITECTURES = {
+    "qwen2": ("Qwen2ForCausalLM", dict(
+        vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False)),
+    "llama": ("LlamaForCausalLM", dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=None, max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False)),
+}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -55,15 +70,71 @@ class CheckpointError(ValueError):
 
 
 def config_from_hf(hf: dict, **overrides) -> ModelConfig:
-  """ModelConfig from a DeepSeek-V2/V3 config.json dict (either rope spelling).
+  """ModelConfig from a config.json dict: DeepSeek-V2/V3, Qwen2 or Llama (either rope spelling).
 
   Raises CheckpointError naming any field r1 does not support or does not know.
   """
-  hf = dict(hf)
   model_type = hf.get("model_type", "deepseek_v3")
-  if model_type not in ("deepseek_v2", "deepseek_v3"):
-    raise CheckpointError(f"config.json model_type={model_type!r}: expected deepseek_v2 or deepseek_v3")
-  v3 = model_type == "deepseek_v3"
+  if model_type in _DENSE_ARCHITECTURES:
+    out = _dense_config_from_hf(dict(hf))
+  elif model_type in ("deepseek_v2", "deepseek_v3"):
+    out = _deepseek_config_from_hf(dict(hf))
+  else:
+    raise CheckpointError(f"config.json model_type={model_type!r}: expected one of deepseek_v2, deepseek_v3, "
+                          f"{', '.join(_DENSE_ARCHITECTURES)}")
+  out.update(overrides)
+  try:
+    return ModelConfig(**out)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"config.json: {e}") from e
+
+
+def _rope_from_hf(hf: dict, supported: tuple[str, ...], default_original: int) -> tuple[float, RopeScaling | None]:
+  """(rope_theta, rope_scaling) from either spelling: published checkpoints write rope_theta +
+  rope_scaling{type | rope_type}; recent transformers writes rope_parameters{rope_type, rope_theta, ...}.
+
+  default_original: original_max_position_embeddings where the scaling does not say.
+  """
+  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+  if rope_type not in supported:
+    raise CheckpointError(f"config.json rope type {rope_type!r} is not supported (expected "
+                          f"{', '.join(supported[:-1])} or {supported[-1]})")
+  known = {"type", "rope_type", "rope_theta"} | {
+      "default": set(),
+      "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+               "truncate"},
+      "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
+  }[rope_type]
+  unknown = sorted(set(rope) - known)
+  if rope_type == "yarn" and not rope.get("truncate", True):
+    unknown.append("truncate=false")
+  if unknown:
+    raise CheckpointError(f"config.json rope parameters {unknown} are not supported with rope type {rope_type!r}")
+  if rope_type == "default":
+    return theta, None
+  original = rope.get("original_max_position_embeddings") or default_original
+  if rope_type == "llama3":
+    missing = sorted(k for k in ("factor", "low_freq_factor", "high_freq_factor") if rope.get(k) is None)
+    if missing:
+      raise CheckpointError(f"config.json rope type 'llama3' needs {missing}")
+    return theta, RopeScaling(
+        rope_type="llama3", factor=float(rope["factor"]), original_max_position_embeddings=int(original),
+        low_freq_factor=float(rope["low_freq_factor"]), high_freq_factor=float(rope["high_freq_factor"]))
+  # transformers derives a missing factor from the context extension.
+  factor = rope.get("factor") or hf.get("max_position_embeddings", original) / original
+  # Missing mscale / mscale_all_dim read as 0: the attention factor is then 0.1 ln(factor) + 1, as in
+  # transformers (r1.model.layers.rope_attention_factor).
+  return theta, RopeScaling(
+      factor=float(factor), original_max_position_embeddings=int(original),
+      beta_fast=float(rope.get("beta_fast") or 32), beta_slow=float(rope.get("beta_slow") or 1),
+      mscale=float(rope.get("mscale") or 0.0), mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0))
+
+
+def _deepseek_config_from_hf(hf: dict) -> dict:
+  """ModelConfig fields from a DeepSeek-V2/V3 config.json (absent fields: V3's published values)."""
+  v3 = hf.get("model_type", "deepseek_v3") == "deepseek_v3"
   out = {k: hf[k] for k in _SAME_NAME_FIELDS if k in hf}
   if hf.get("hidden_act", "silu") != "silu":
     raise CheckpointError(f"config.json hidden_act={hf['hidden_act']!r}: only silu is supported")
@@ -72,27 +143,7 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
       raise CheckpointError(f"config.json {flag}=true is not supported (DeepSeek checkpoints have no biases)")
   if hf.get("moe_layer_freq", 1) != 1:
     raise CheckpointError(f"config.json moe_layer_freq={hf['moe_layer_freq']}: only 1 is supported")
-
-  # RoPE: published checkpoints write rope_theta + rope_scaling{type}; recent transformers writes
-  # rope_parameters{rope_type, rope_theta, ...}.
-  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-  out["rope_theta"] = float(theta)
-  if rope_type == "yarn":
-    out["rope_scaling"] = RopeScaling(
-        factor=float(rope["factor"]),
-        original_max_position_embeddings=int(rope.get("original_max_position_embeddings", 4096)),
-        beta_fast=float(rope.get("beta_fast") or 32), beta_slow=float(rope.get("beta_slow") or 1),
-        mscale=float(rope.get("mscale") or 0.0), mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0))
-    unknown = set(rope) - {"type", "rope_type", "rope_theta", "factor", "original_max_position_embeddings",
-                           "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}
-    if unknown or not rope.get("truncate", True):
-      raise CheckpointError(f"config.json rope parameters {sorted(unknown) or ['truncate=false']} are not supported")
-  elif rope_type == "default":
-    out["rope_scaling"] = None
-  else:
-    raise CheckpointError(f"config.json rope type {rope_type!r} is not supported (expected default or yarn)")
+  out["rope_theta"], out["rope_scaling"] = _rope_from_hf(hf, ("default", "yarn"), default_original=4096)
   # DeepSeek's checkpoints store rotary dims interleaved; transformers' V3 defaults to that too.
   out["rope_interleave"] = bool(hf.get("rope_interleave", True))
 
@@ -115,15 +166,62 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
   unknown = sorted(set(hf) - known)
   if unknown:
     raise CheckpointError(f"config.json fields {unknown} are not supported by r1's DeepSeek model")
-  out.update(overrides)
-  try:
-    return ModelConfig(**out)
-  except (TypeError, ValueError) as e:
-    raise CheckpointError(f"config.json: {e}") from e
+  return out
+
+
+def _dense_config_from_hf(hf: dict) -> dict:
+  """ModelConfig fields from a Qwen2 or Llama config.json.
+
+  Qwen2 always has q/k/v biases (and none on o_proj); Llama has none (its attention_bias would put
+  one on o_proj too, which r1's GQA does not have). Both rotate half-split heads (`rotate_half`).
+  """
+  model_type = hf["model_type"]
+  defaults = _DENSE_ARCHITECTURES[model_type][1]
+  out = {k: hf[k] if hf.get(k) is not None else v for k, v in defaults.items()}
+  out["num_key_value_heads"] = out["num_key_value_heads"] or out["num_attention_heads"]
+  # An explicit head_dim equal to the implied one is stored as None, like r1's named configs.
+  head_dim = hf.get("head_dim")
+  out["head_dim"] = None if head_dim in (None, out["hidden_size"] // out["num_attention_heads"]) else head_dim
+  # transformers fills a missing original_max_position_embeddings with max_position_embeddings.
+  out["rope_theta"], out["rope_scaling"] = _rope_from_hf(hf, ("default", "llama3", "yarn"),
+                                                         default_original=out["max_position_embeddings"])
+  out.update(architecture=model_type, attention_bias=model_type == "qwen2", rope_interleave=False,
+             n_routed_experts=None, num_nextn_predict_layers=0)
+
+  problems = []
+  if hf.get("hidden_act", "silu") != "silu":
+    problems.append(f"hidden_act={hf['hidden_act']!r} (only silu is supported)")
+  known = _METADATA_FIELDS | set(defaults) | {"head_dim", "hidden_act", "rope_theta", "rope_scaling",
+                                              "rope_parameters", "layer_types"}
+  if model_type == "qwen2":
+    known |= {"use_sliding_window", "sliding_window", "max_window_layers", "use_mrope"}
+    if hf.get("use_sliding_window"):
+      problems.append("use_sliding_window=true (r1 attends over the full context in every layer)")
+    if hf.get("use_mrope"):
+      problems.append("use_mrope=true (multimodal RoPE)")
+  else:
+    known |= {"attention_bias", "mlp_bias", "pretraining_tp"}
+    if hf.get("attention_bias"):
+      problems.append("attention_bias=true (Llama's biases o_proj too; r1's GQA has q/k/v biases only)")
+    if hf.get("mlp_bias"):
+      problems.append("mlp_bias=true (r1's SwiGLU has no biases)")
+    if hf.get("pretraining_tp", 1) != 1:
+      problems.append(f"pretraining_tp={hf['pretraining_tp']} (only 1 is supported)")
+  sliding = sorted({t for t in hf.get("layer_types") or () if t != "full_attention"})
+  if sliding and not hf.get("use_sliding_window"):
+    problems.append(f"layer_types {sliding} (only full_attention is supported)")
+  unknown = sorted(set(hf) - known)
+  if unknown:
+    problems.append(f"fields {unknown} (not known to r1's {model_type} reader)")
+  if problems:
+    raise CheckpointError(f"config.json (model_type={model_type!r}) is not supported: {'; '.join(problems)}")
+  return out
 
 
 def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict:
-  """A DeepSeek-V3 (or V2, for softmax routing) config.json dict in the published spelling."""
+  """A config.json dict in the published spelling: DeepSeek-V3 (V2 for softmax routing), Qwen2 or Llama."""
+  if config.is_gqa:
+    return _dense_config_to_hf(config, dtype)
   c = config
   v3 = c.scoring_func == "sigmoid"
   hf = {k: getattr(c, k) for k in _SAME_NAME_FIELDS}
@@ -145,7 +243,41 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict:
     raise CheckpointError("export needs a MoE config (n_routed_experts); dense DeepSeek models are not supported")
   if c.rope_scaling is not None:
     s = c.rope_scaling
+    if s.rope_type != "yarn":
+      raise CheckpointError(f"export: DeepSeek checkpoints spell only YaRN rope scaling, not {s.rope_type!r}")
     hf["rope_scaling"] = {"type": "yarn", "factor": s.factor,
+                          "original_max_position_embeddings": s.original_max_position_embeddings,
+                          "beta_fast": s.beta_fast, "beta_slow": s.beta_slow, "mscale": s.mscale,
+                          "mscale_all_dim": s.mscale_all_dim}
+  return hf
+
+
+def _dense_config_to_hf(c: ModelConfig, dtype: str) -> dict:
+  """Qwen2 / Llama config.json, spelled as DeepSeek-R1-Distill-* publish it (rope_theta + rope_scaling)."""
+  if c.attention_bias != (c.architecture == "qwen2"):
+    raise CheckpointError(f"export: architecture={c.architecture!r} with attention_bias={c.attention_bias} has no "
+                          "transformers counterpart (Qwen2 always has q/k/v biases, Llama none)")
+  hf = {k: getattr(c, k) for k in _DENSE_ARCHITECTURES[c.architecture][1]}
+  hf.update({
+      "architectures": [_DENSE_ARCHITECTURES[c.architecture][0]],
+      "model_type": c.architecture,
+      "num_key_value_heads": c.kv_heads,
+      "head_dim": c.gqa_head_dim,
+      "hidden_act": "silu",
+      "rope_theta": c.rope_theta,
+      "torch_dtype": dtype,
+  })
+  if c.architecture == "qwen2":
+    hf["use_sliding_window"] = False
+  else:
+    hf.update(attention_bias=False, mlp_bias=False)
+  s = c.rope_scaling
+  if s is not None and s.rope_type == "llama3":
+    hf["rope_scaling"] = {"rope_type": "llama3", "factor": s.factor,
+                          "original_max_position_embeddings": s.original_max_position_embeddings,
+                          "low_freq_factor": s.low_freq_factor, "high_freq_factor": s.high_freq_factor}
+  elif s is not None:
+    hf["rope_scaling"] = {"rope_type": "yarn", "factor": s.factor,
                           "original_max_position_embeddings": s.original_max_position_embeddings,
                           "beta_fast": s.beta_fast, "beta_slow": s.beta_slow, "mscale": s.mscale,
                           "mscale_all_dim": s.mscale_all_dim}
@@ -182,6 +314,11 @@ def _heads_in(hf_key, heads):
   return [hf_key], to_r1, lambda a: {hf_key: a.reshape(-1, a.shape[-1]).T}
 
 
+def _head_bias(hf_key, heads):
+  """q/k/v bias [H*k] <-> [H, k]."""
+  return [hf_key], lambda get: get(hf_key).reshape(heads, -1), lambda a: {hf_key: a.reshape(-1)}
+
+
 def _experts(prefix, proj, num_experts):
   """Per-expert linears mlp.experts.{e}.{proj}.weight [out, in] <-> stacked [E, in, out]."""
   keys = [f"{prefix}.experts.{e}.{proj}.weight" for e in range(num_experts)]
@@ -198,20 +335,30 @@ def _experts(prefix, proj, num_experts):
 def _block_mapping(c: ModelConfig, prefix: str, moe: bool) -> dict[tuple, tuple]:
   """Mapping for one decoder block at HF `prefix` (e.g. model.layers.3), r1-relative paths."""
   h = c.num_attention_heads
+  attn = f"{prefix}.self_attn"
   m = {
       ("input_layernorm", "scale"): _copy(f"{prefix}.input_layernorm.weight"),
       ("post_attention_layernorm", "scale"): _copy(f"{prefix}.post_attention_layernorm.weight"),
-      ("self_attn", "kv_a_proj_with_mqa"): _linear(f"{prefix}.self_attn.kv_a_proj_with_mqa.weight"),
-      ("self_attn", "kv_a_layernorm", "scale"): _copy(f"{prefix}.self_attn.kv_a_layernorm.weight"),
-      ("self_attn", "kv_b_proj"): _heads_out(f"{prefix}.self_attn.kv_b_proj.weight", h),
-      ("self_attn", "o_proj"): _heads_in(f"{prefix}.self_attn.o_proj.weight", h),
   }
-  if c.q_lora_rank is None:
-    m[("self_attn", "q_proj")] = _heads_out(f"{prefix}.self_attn.q_proj.weight", h)
+  if c.is_gqa:
+    # K/V projections have kv_heads heads; query head h reads K/V head h // (H / kv_heads), the
+    # grouping of transformers' repeat_kv, so the HF row order needs no permutation.
+    for proj, heads in (("q", h), ("k", c.kv_heads), ("v", c.kv_heads)):
+      m[("self_attn", f"{proj}_proj")] = _heads_out(f"{attn}.{proj}_proj.weight", heads)
+      if c.attention_bias:
+        m[("self_attn", f"{proj}_bias")] = _head_bias(f"{attn}.{proj}_proj.bias", heads)
+    m[("self_attn", "o_proj")] = _heads_in(f"{attn}.o_proj.weight", h)
   else:
-    m[("self_attn", "q_a_proj")] = _linear(f"{prefix}.self_attn.q_a_proj.weight")
-    m[("self_attn", "q_a_layernorm", "scale")] = _copy(f"{prefix}.self_attn.q_a_layernorm.weight")
-    m[("self_attn", "q_b_proj")] = _heads_out(f"{prefix}.self_attn.q_b_proj.weight", h)
+    m[("self_attn", "kv_a_proj_with_mqa")] = _linear(f"{attn}.kv_a_proj_with_mqa.weight")
+    m[("self_attn", "kv_a_layernorm", "scale")] = _copy(f"{attn}.kv_a_layernorm.weight")
+    m[("self_attn", "kv_b_proj")] = _heads_out(f"{attn}.kv_b_proj.weight", h)
+    m[("self_attn", "o_proj")] = _heads_in(f"{attn}.o_proj.weight", h)
+    if c.q_lora_rank is None:
+      m[("self_attn", "q_proj")] = _heads_out(f"{attn}.q_proj.weight", h)
+    else:
+      m[("self_attn", "q_a_proj")] = _linear(f"{attn}.q_a_proj.weight")
+      m[("self_attn", "q_a_layernorm", "scale")] = _copy(f"{attn}.q_a_layernorm.weight")
+      m[("self_attn", "q_b_proj")] = _heads_out(f"{attn}.q_b_proj.weight", h)
   mlp = f"{prefix}.mlp"
   if moe:
     m[("mlp", "gate")] = _linear(f"{mlp}.gate.weight")
@@ -333,7 +480,7 @@ def _set_path(tree, path, value):
 
 def load_hf_checkpoint(path: str, dtype: str = "float32", *, mesh=None, rules=TRAIN_RULES,
                        load_mtp: bool | None = None, **config_overrides) -> Policy:
-  """Loads a local DeepSeek-V2/V3 Hugging Face checkpoint directory into an r1 Policy.
+  """Loads a local Hugging Face checkpoint directory (DeepSeek-V2/V3, Qwen2, Llama) into an r1 Policy.
 
   Args:
     path: directory with config.json and model.safetensors (or shards + model.safetensors.index.json).
@@ -369,12 +516,12 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", *, mesh=None, rules=TR
   abstract = nn.unbox(abstract)
   mapping = tensor_mapping(config)
   variables: dict = {}
-  for full_path, (_, to_r1, _) in mapping.items():
+  for full_path, (hf_keys, to_r1, _) in mapping.items():
     expected = _get_path(abstract, full_path)
     try:
       value = to_r1(reader.get)
     except ValueError as e:  # reshape of a wrongly shaped tensor
-      raise CheckpointError(f"{path}: tensor for {'/'.join(full_path)}: {e}") from e
+      raise CheckpointError(f"{path}: tensor for {'/'.join(full_path)} ({hf_keys[0]}): {e}") from e
     if tuple(value.shape) != tuple(expected.shape):
       raise CheckpointError(
           f"{path}: tensor for {'/'.join(full_path)} ({mapping[full_path][0][0]}): shape {tuple(value.shape)} "
@@ -388,10 +535,14 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", *, mesh=None, rules=TR
     _set_path(variables, full_path, leaf)
     del value
 
-  for copy_key, main_key in _shared_mtp_keys(config):
+  shared = _shared_mtp_keys(config)
+  if config.tie_word_embeddings:  # some tied checkpoints store the head anyway
+    shared.append(("lm_head.weight", "model.embed_tokens.weight"))
+  for copy_key, main_key in shared:
     if copy_key in reader.keys():
       if not np.array_equal(reader.get(copy_key), reader.get(main_key)):
-        raise CheckpointError(f"{path}: {copy_key} differs from {main_key}; r1 shares them (V3 paper 2.2)")
+        raise CheckpointError(f"{path}: {copy_key} differs from {main_key}; r1 shares them "
+                              f"({'tie_word_embeddings' if copy_key == 'lm_head.weight' else 'V3 paper 2.2'})")
   unused = sorted(reader.keys() - reader.used)
   if load_mtp is False:
     mtp_prefixes = tuple(f"model.layers.{config.num_hidden_layers + k}." for k in range(declared_mtp))
