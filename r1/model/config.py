@@ -107,6 +107,9 @@ class ModelConfig:
                          f"num_key_value_heads={kv}")
       if self.gqa_head_dim % 2:
         raise ValueError(f"head_dim={self.gqa_head_dim} must be even (RoPE rotates pairs)")
+      if self.rope_interleave:
+        raise ValueError(f"architecture={self.architecture!r} rotates RoPE half-split (transformers' rotate_half): "
+                         "set rope_interleave=False (True is DeepSeek's checkpoint layout)")
     if self.topk_method not in ("noaux_tc", "greedy", "group_limited_greedy"):
       raise ValueError(f"topk_method={self.topk_method!r}: expected noaux_tc, greedy or group_limited_greedy")
     if self.scoring_func not in ("sigmoid", "softmax"):

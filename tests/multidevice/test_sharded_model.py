@@ -39,3 +39,19 @@ def test_sharded_forward_equals_single_device(case):
     assert r["expert_shard_shape"] == [e // expert, d // fsdp, f // tensor], (name, r)
     v, d = r["embed_global_shape"]
     assert r["embed_shard_shape"] == [v // tensor, d // (fsdp * expert)], (name, r)
+
+
+def test_sharded_dense_student_equals_single_device():
+  results = run_on_8_devices("sharded_dense.py", os.path.join(ROOT, "tests", "fixtures", "hf_dense",
+                                                              "qwen2_gqa_bias_tied"))
+  assert sorted(results) == sorted(MESHES)
+  for name, r in results.items():
+    assert r["forward_rel"] <= 1e-5 and r["hf_diff"] <= 1e-4, (name, r)
+    assert r["train_tokens_equal"] and r["sample_tokens_equal"], (name, r)
+    assert r["train_logprob_rel"] <= 1e-5 and r["sample_logprob_rel"] <= 1e-5, (name, r)
+    # q_proj [D, H, hd]: D over fsdp x expert, H over tensor; k_proj's 2 K/V heads stay whole.
+    _, fsdp, expert, tensor = MESHES[name]
+    d, h, hd = r["q_global_shape"]
+    assert r["q_shard_shape"] == [d // (fsdp * expert), h // tensor, hd], (name, r)
+    d, kv, hd = r["k_global_shape"]
+    assert r["k_shard_shape"] == [d // (fsdp * expert), kv, hd], (name, r)
