@@ -47,11 +47,25 @@ def get_config(arg: str | None = None):
   quick = "quick" in args
   c = _tiny_r1_zero("quick" if quick else None)
   teacher_sft, teacher_grpo = c.pipeline.stage_overrides
+  if quick:
+    # A smoke run whose teacher must still get some problems right for rejection sampling to keep
+    # anything: one-digit additions, a 200-step cold start at a high rate (~7% correct), and one
+    # sampler shape (8 prompts x 2 samples x 64 tokens) for every stage, compiled once per model.
+    c.data.task_knobs.update(min_digits=1, max_digits=1)
+    c.tokenizer.corpus_size = 300
+    c.sft.seq_len, c.sft.batch_size = 160, 4
+    c.data.batch_size = c.eval.batch_size = c.sample.batch_size = 8
+    c.rollout.num_samples = c.eval.k = 2
+    c.rollout.max_new_tokens = 64
+    c.eval.num_examples = 8
+    c.checkpoint.save_every = 1000
+    teacher_sft = dict(teacher_sft, total_steps=200, optimizer={"learning_rate": 1e-2, "warmup_steps": 2})
+    teacher_grpo = dict(teacher_grpo, total_steps=1)
 
   # The student: a dense Qwen2-architecture decoder, 2 layers, GQA 4 query / 2 K/V heads.
   student = {"name": "tiny_qwen2", "overrides": {"hidden_size": 64 if quick else 128, "num_hidden_layers": 2,
                                                  "intermediate_size": 128 if quick else 256}}
-  student_sft = dict(teacher_sft, model=student)
+  student_sft = dict(teacher_sft, model=student, total_steps=6 if quick else teacher_sft["total_steps"])
   distill = {
       "total_steps": 6 if quick else 600,
       "optimizer": {"learning_rate": 1e-3, "warmup_steps": 2 if quick else 20},
@@ -75,8 +89,8 @@ def get_config(arg: str | None = None):
 
   # Rejection sampling from the teacher on training prompts: k completions each, at most
   # max_per_prompt correct, well-formed ones kept (about 2000 examples for the full run).
-  c.sample.num_prompts = 8 if quick else 512
-  c.sample.k = 4 if quick else 8
+  c.sample.num_prompts = 64 if quick else 512
+  c.sample.k = 2 if quick else 8
   c.sample.max_per_prompt = 4
   c.sample.temperature = 1.0
 
