@@ -375,7 +375,7 @@ def tpu_vm_commands(experiment: Experiment, tpu_name: str, *, zone: str | None =
         "scp", [code, f"{tpu_name}:r1"], zone, project, "--worker=all", "--recurse")))
   commands.append(Command("install r1 and JAX for TPU on every worker", _gcloud(
       "ssh", [tpu_name], zone, project, "--worker=all",
-      f'--command=cd r1 && {python} -m pip install -e . "jax[tpu]"')))
+      f'--command=cd r1 && {python} -m pip install -e ".[hf]" "jax[tpu]"')))
   for unit in work_units(experiment, workdir_root):
     run = shell_join([f"{k}={v}" for k, v in experiment.env.items()] + [python, "-m", "r1.main", *unit.args],
                      env_prefix=len(experiment.env))

@@ -82,7 +82,7 @@ def test_tpu_vm_commands_are_the_exact_gcloud_lines():
       "--version=v2-alpha-tpuv5",
       "gcloud compute tpus tpu-vm scp . r1-pod:r1 --zone=us-east5-a --project=proj --worker=all --recurse",
       "gcloud compute tpus tpu-vm ssh r1-pod --zone=us-east5-a --project=proj --worker=all "
-      "--command='cd r1 && python3 -m pip install -e . \"jax[tpu]\"'",
+      "--command='cd r1 && python3 -m pip install -e \".[hf]\" \"jax[tpu]\"'",
       "gcloud compute tpus tpu-vm ssh r1-pod --zone=us-east5-a --project=proj --worker=all "
       f"--command={shlex.quote(inner)}",
       "gcloud compute tpus tpu-vm delete r1-pod --zone=us-east5-a --project=proj --quiet",
