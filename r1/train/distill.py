@@ -2,8 +2,8 @@
 
 R1 distils by SFT on the teacher's samples only (R1 section 2.4: sequence-level). When the teacher
 fits beside the student and shares its vocabulary, the student can also match the teacher's
-whole next-token distribution on those samples (Hinton et al. arXiv:1503.02531; forward KL, as in
-MiniLLM / GKD's supervised baseline): loss = nll + weight * tau^2 * KL(p_T || p_S), the KL a
+whole next-token distribution on those samples (Hinton et al. arXiv:1503.02531; the supervised
+forward-KL baseline of GKD, arXiv:2306.13649): loss = nll + weight * tau^2 * KL(p_T || p_S), the KL a
 token mean over the response tokens (r1.train_step.make_sft_step).
 
   config.sft.distill = {"teacher_dir": "/ckpt/teacher/policy", "weight": 1.0, "temperature": 1.0}
