@@ -96,10 +96,7 @@ class GQA(nn.Module):
     c = self.config
     cd = jnp.dtype(c.dtype)
     q, k_new, v_new = self._project(x, cos, sin)                      # q [B, G, K, g, hd]
-    k_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[0], k_new[:, :, None].astype(sample_kv[0].dtype),
-                                                write_index, axis=2)
-    v_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[1], v_new[:, :, None].astype(sample_kv[1].dtype),
-                                                write_index, axis=2)
+    k_gen, v_gen = layers.write_sample_cache(sample_kv, (k_new, v_new), write_index)
     scale = layers.softmax_scale(c)
     s_prompt = jnp.einsum("bGkgd,bpkd->bGkgp", q, prompt_kv[0].astype(cd)).astype(jnp.float32) * scale
     s_gen = jnp.einsum("bGkgd,bGskd->bGkgs", q, k_gen.astype(cd)).astype(jnp.float32) * scale

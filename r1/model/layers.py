@@ -31,6 +31,17 @@ def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
+def write_sample_cache(sample_kv: tuple[Array, Array], new: tuple[Array, Array], write_index: Array
+                       ) -> tuple[Array, Array]:
+  """Writes one decode step's cache entries into the per-sample caches.
+
+  sample_kv: two arrays [B, G, S, ...]; new: the step's entries [B, G, ...]; write_index: int32
+  scalar position in S. Used by every attention's decode (MLA latent or expanded, GQA K/V).
+  """
+  return tuple(jax.lax.dynamic_update_slice_in_dim(cache, entry[:, :, None].astype(cache.dtype), write_index, axis=2)
+               for cache, entry in zip(sample_kv, new))
+
+
 class RMSNorm(nn.Module):
   """x / rms(x) * scale, computed in float32 like DeepSeek's reference. x: [..., D] -> [..., D]."""
   eps: float = 1e-6

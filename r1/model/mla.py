@@ -123,10 +123,7 @@ class MLA(nn.Module):
     q_nope, q_pe = self.project_query(x, cos, sin)
     q = jnp.concatenate([q_nope, q_pe], axis=-1)                          # [B, G, H, qk]
     k_new, v_new = self.expand_kv(*self.compress_kv(x, cos, sin))
-    k_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[0], k_new[:, :, None].astype(sample_kv[0].dtype),
-                                                write_index, axis=2)
-    v_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[1], v_new[:, :, None].astype(sample_kv[1].dtype),
-                                                write_index, axis=2)
+    k_gen, v_gen = layers.write_sample_cache(sample_kv, (k_new, v_new), write_index)
     scale = layers.softmax_scale(c)
     s_prompt = jnp.einsum("bghk,bphk->bghp", q, prompt_kv[0].astype(cd)).astype(jnp.float32) * scale
     s_gen = jnp.einsum("bghk,bgshk->bghs", q, k_gen.astype(cd)).astype(jnp.float32) * scale
@@ -158,10 +155,7 @@ class MLA(nn.Module):
     cd = jnp.dtype(c.dtype)
     q_nope, q_pe = self.project_query(x, cos, sin)                     # [B, G, H, *]
     c_new, k_pe_new = self.compress_kv(x, cos, sin)                     # [B, G, L], [B, G, R]
-    c_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[0], c_new[:, :, None].astype(sample_kv[0].dtype),
-                                                write_index, axis=2)
-    k_gen = jax.lax.dynamic_update_slice_in_dim(sample_kv[1], k_pe_new[:, :, None].astype(sample_kv[1].dtype),
-                                                write_index, axis=2)
+    c_gen, k_gen = layers.write_sample_cache(sample_kv, (c_new, k_pe_new), write_index)
     c_prompt, k_prompt = prompt_kv
     w_kv = self.kv_b_proj.astype(cd)
     w_uk, w_uv = w_kv[..., :c.qk_nope_head_dim], w_kv[..., c.qk_nope_head_dim:]

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 
 import r1
-from r1 import main
 from r1.data import sources
 from r1.train import pipeline
 from tests.test_configs import load
+from tests.train.test_four_stage_pipeline import recording_stages
 
 STAGES = ("sft", "grpo", "sft", "sample", "sft", "grpo")
 DIRS = tuple(f"{i}_{name}" for i, name in enumerate(STAGES))
@@ -31,16 +31,8 @@ def test_teacher_distilled_into_a_dense_student_next_to_rl_only(tmp_path):
   config = load("distill_tiny.py", "quick")
   assert config.pipeline.stages == STAGES
   workdir = str(tmp_path)
-  stage_fns = main._training_stages()  # pylint: disable=protected-access
   configs = {}
-
-  def recording(name):
-    def run(stage_config, stage_dir):
-      configs[os.path.basename(stage_dir)] = stage_config
-      return stage_fns[name](stage_config, stage_dir)
-    return run
-
-  results = pipeline.run(config, workdir, {name: recording(name) for name in stage_fns})
+  results = pipeline.run(config, workdir, recording_stages(configs))
   d = {name: os.path.join(workdir, name) for name in DIRS}
   policy = {name: r1.load_hf_checkpoint(os.path.join(d[name], "policy")) for name in DIRS}
 

@@ -80,11 +80,9 @@ def grpo_reference(stage_dir, like):
   return restore_variables(os.path.join(stage_dir, "checkpoints"), {"ref_params": target})["ref_params"]
 
 
-def test_four_stage_pipeline_end_to_end_then_skips(tmp_path, capsys):
-  config = four_stage_config()
-  workdir = str(tmp_path)
+def recording_stages(configs: dict) -> dict:
+  """r1.main's stage functions, each also recording the config it ran with in configs[stage dir name]."""
   stage_fns = main._training_stages()  # pylint: disable=protected-access
-  configs = {}
 
   def recording(name):
     def run(stage_config, stage_dir):
@@ -92,8 +90,16 @@ def test_four_stage_pipeline_end_to_end_then_skips(tmp_path, capsys):
       return stage_fns[name](stage_config, stage_dir)
     return run
 
+  return {name: recording(name) for name in stage_fns}
+
+
+def test_four_stage_pipeline_end_to_end_then_skips(tmp_path, capsys):
+  config = four_stage_config()
+  workdir = str(tmp_path)
+  stage_fns = main._training_stages()  # pylint: disable=protected-access
+  configs = {}
   start = time.time()
-  pipeline.run(config, workdir, {name: recording(name) for name in stage_fns})
+  pipeline.run(config, workdir, recording_stages(configs))
   elapsed = time.time() - start
   assert sorted(configs) == sorted(DIRS)
   d = {name: os.path.join(workdir, name) for name in DIRS}
