@@ -1,9 +1,15 @@
 """grain pipelines: fixed-shape RL prompt batches and packed SFT batches, with resumable state.
 
-Both pipelines run: source -> per-host shard -> seeded shuffle -> repeat -> tokenise (optionally in
-grain worker processes) -> filter -> batch (SFT: pack first). The shard is taken before the shuffle, so each
-host owns a fixed disjoint slice of the data and reshuffles it every epoch (grain folds the epoch
-into the shuffle seed). `batch_size` is per host.
+Both pipelines run: source -> seeded shuffle -> repeat -> this host's rows -> tokenise (optionally in
+grain worker processes) -> filter -> batch (SFT: pack first). `batch_size` is per host.
+
+Multi-host: the example stream (shuffle, then repeat) is the same on every host and for any number
+of hosts; host i of P keeps the examples that fall in rows [i * b, (i + 1) * b) of each global batch
+of P * b (`_HostRows`) and reads and tokenises only those. So the global batch of a step does not
+depend on the number of hosts: a two-host run trains on exactly what one host would (as long as the
+length filter drops nothing). SFT packs first-fit along the stream, which a host cannot do on its
+share alone without changing which examples share a row, so with several hosts every host packs the
+whole stream and keeps its rows (tokenising text costs little next to a training step).
 
 Iterator state is grain's: `it.get_state()` / `it.set_state(state)`, saved and restored through
 orbax with `save_iterator` / `restore_iterator` (or, inside a train-state `CheckpointManager`,
@@ -40,21 +46,51 @@ def host_shard(process_index: int | None = None, process_count: int | None = Non
   return process_index, process_count
 
 
+class _HostRows(grain.MapDataset):
+  """Host `index` of `count`'s share of a stream cut into global batches of count * rows examples:
+  rows [index * rows, (index + 1) * rows) of each. Element k of the share is element
+  (k // rows * count + index) * rows + k % rows of the stream."""
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, rows: int, index: int, count: int):
+    super().__init__(parent)
+    self._rows, self._index, self._count = rows, index, count
+    full, rest = divmod(len(parent), rows * count)
+    self._length = full * rows + min(max(rest - index * rows, 0), rows)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, k: int) -> int:
+    block, row = divmod(k, self._rows)
+    return (block * self._count + self._index) * self._rows + row
+
+  def __getitem__(self, k):
+    if isinstance(k, slice):
+      return self.slice(k)
+    return self._parent[self._parent_index(k)]
+
+  def __str__(self) -> str:
+    return f"_HostRows(rows={self._rows}, index={self._index}, count={self._count})"
+
+
 def _examples(source: Sequence[Any], *, seed: int, shuffle: bool, num_epochs: int | None,
-              process_index: int | None, process_count: int | None) -> grain.MapDataset:
-  """Shard -> shuffle -> repeat, as a MapDataset of examples."""
+              process_index: int | None, process_count: int | None, rows_per_host: int) -> grain.MapDataset:
+  """Shuffle -> repeat -> this host's rows of each global batch, as a MapDataset of examples."""
   if len(source) == 0:
     raise ValueError("data source is empty")
   index, count = host_shard(process_index, process_count)
   ds = grain.MapDataset.source(source)
-  # Strided, not contiguous: hosts get near-equal shares of each region of a sorted file.
-  ds = ds[index::count]
-  if len(ds) == 0:
-    raise ValueError(f"host shard {index}/{count} of a {len(source)}-example source is empty")
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
+  if count > 1:
+    # After the shuffle and repeat, so the stream (and every global batch) is that of one host.
+    ds = _HostRows(ds, rows_per_host, index, count)
+    if len(ds) == 0:
+      raise ValueError(f"host shard {index}/{count} of a {len(source)}-example source is empty")
   return ds
 
 
@@ -167,7 +203,9 @@ def rl_prompt_dataset(source: Sequence[PromptExample], tokenizer: Tokenizer, tem
     drop_remainder: if False, a short final batch is filled with rows marked `valid=False`, so no
       example is lost and shapes stay fixed (evaluation with num_epochs=1).
     add_bos: prepend the tokenizer's bos id.
-    process_index, process_count: this host's shard; default JAX's (override in tests).
+    process_index, process_count: this host's block of rows in each global batch of
+      process_count * batch_size (with a mesh: where its devices sit along the batch axes,
+      r1.sharding.host_batch_rows); default JAX's process index and count.
     num_workers: grain worker processes for tokenisation; 0 runs in this process.
   """
   buckets = tuple(sorted(int(b) for b in length_buckets))
@@ -176,7 +214,7 @@ def rl_prompt_dataset(source: Sequence[PromptExample], tokenizer: Tokenizer, tem
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   ds = _examples(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                 process_index=process_index, process_count=process_count)
+                 process_index=process_index, process_count=process_count, rows_per_host=batch_size)
   ds = ds.map(TokenizePrompt(tokenizer, template, add_bos))
   ds = _with_workers(ds, num_workers)
   ds = ds.filter(lambda row: len(row["tokens"]) <= buckets[-1])
@@ -260,13 +298,23 @@ def sft_dataset(source: Sequence[SFTExample], tokenizer: Tokenizer, template: Te
   Args:
     pack: first-fit pack examples into rows; False gives one example per row.
     num_packing_bins: rows filled at once while packing; more bins pack tighter; default
-      `batch_size`.
+      `batch_size`. Per host, like batch_size: with several hosts the global stream is packed
+      with num_packing_bins * process_count bins.
     The other arguments are as for `rl_prompt_dataset`.
   """
   if seq_len < 2:
     raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+  index, count = host_shard(process_index, process_count)
+  if count > 1:
+    # Packing is sequential over the stream: pack the global stream, keep this host's rows (see the
+    # module docstring).
+    ds = sft_dataset(source, tokenizer, template, seq_len=seq_len, batch_size=batch_size * count, seed=seed,
+                     pack=pack, num_packing_bins=num_packing_bins and num_packing_bins * count,
+                     num_epochs=num_epochs, shuffle=shuffle, truncate=truncate, process_index=0, process_count=1,
+                     num_workers=num_workers)
+    return ds.map(lambda batch: {k: v[index * batch_size:(index + 1) * batch_size] for k, v in batch.items()})
   ds = _examples(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                 process_index=process_index, process_count=process_count)
+                 process_index=0, process_count=1, rows_per_host=batch_size)
   ds = ds.map(TokenizeSFT(tokenizer, template, seq_len, truncate))
   ds = _with_workers(ds, num_workers)
   ds = ds.filter(lambda row: row is not None)
