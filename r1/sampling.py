@@ -297,14 +297,20 @@ def generate(config: ModelConfig, variables, prompts, lengths=None, *, num_sampl
     SampleOutput with rows [B * G] grouped by prompt.
   """
   tokens, mask = pad_prompts(prompts, lengths, buckets)
-  b = tokens.shape[0]
   context = contextlib.nullcontext() if mesh is None else sharding.mesh_context(mesh, rules)
   with context:
-    place = jnp.asarray
-    if mesh is not None:
-      batch = sharding.logical_to_sharding(jax.sharding.PartitionSpec("batch", "length"), mesh, rules)
-      place = lambda a: jax.device_put(a, batch)  # pylint: disable=unnecessary-lambda-assignment
-    tokens, mask = place(tokens), place(mask)
+    if mesh is not None and jax.process_count() > 1:
+      # Multi-process: `prompts` are this process's rows of the global batch, placed where its
+      # devices hold them (at the widest process's bucket); the outputs are global arrays, rows
+      # grouped by prompt, whose rows of this process's prompts sharding.host_local_rows reads.
+      tokens, mask = sharding.place_host_prompts(tokens, mask, mesh, rules)
+    else:
+      place = jnp.asarray
+      if mesh is not None:
+        batch = sharding.logical_to_sharding(jax.sharding.PartitionSpec("batch", "length"), mesh, rules)
+        place = lambda a: jax.device_put(a, batch)  # pylint: disable=unnecessary-lambda-assignment
+      tokens, mask = place(tokens), place(mask)
+    b = tokens.shape[0]
     prompt_lengths = mask.sum(axis=1).astype(jnp.int32)
     prompt_kv, first_logits = _prefill_fn(config)(variables, tokens, mask)
     if not absorb:

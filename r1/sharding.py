@@ -186,3 +186,86 @@ def place_host_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules=TRAIN_RU
     spec = PartitionSpec(*("batch", "length")[:x.ndim])
     return jax.make_array_from_process_local_data(logical_to_sharding(spec, mesh, rules), x)
   return {k: place(v) for k, v in batch.items()}
+
+
+def host_batch_rows(global_batch: int, mesh: Mesh, rules=TRAIN_RULES) -> tuple[int, int]:
+  """[start, stop): the rows of a global batch of `global_batch` rows that this process's devices
+  hold when the batch is split over the mesh's batch axes (all of them with one process).
+
+  Multi-host data pipelines read exactly these rows (r1.data.pipeline: block start // (stop - start)
+  of the global batch); place_host_batch puts them back in place.
+  """
+  row_sharding = logical_to_sharding(PartitionSpec("batch"), mesh, rules)
+  axes = row_sharding.spec[0] or ()
+  shards = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+  if global_batch % shards:
+    raise ValueError(f"global batch of {global_batch} rows: expected a multiple of the {shards} shards of the "
+                     f"mesh's batch axes {axes}")
+  chunks = {(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop)
+            for s in row_sharding.addressable_devices_indices_map((global_batch,)).values()}
+  start, stop = min(c[0] for c in chunks), max(c[1] for c in chunks)
+  if sum(b - a for a, b in chunks) != stop - start:
+    raise ValueError(f"process {jax.process_index()}'s devices hold rows {sorted(chunks)} of the global batch: "
+                     "expected one contiguous block (order the mesh's devices by process)")
+  return start, stop
+
+
+def host_local_rows(x: jax.Array, mesh: Mesh, rules=TRAIN_RULES) -> np.ndarray:
+  """This process's rows of a global array x[B, ...] (those host_batch_rows names), as numpy: the
+  inverse of place_host_batch. With one process, all of np.asarray(x).
+
+  An array laid out otherwise (a sampler output whose sharding XLA chose) is first resharded to
+  rows split over the batch axes, so the rows are those of the process that placed the batch.
+  """
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  rows = logical_to_sharding(PartitionSpec("batch"), mesh, rules)
+  if not x.sharding.is_equivalent_to(rows, x.ndim):
+    x = jax.jit(lambda a: a, out_shardings=rows)(x)
+  # Devices that hold the same rows (replicas over the other axes) give one copy.
+  shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+  return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
+def max_over_processes(value: int) -> int:
+  """The largest of every process's `value` (a collective: every process must call it); `value`
+  itself with one process."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def place_host_prompts(tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, rules=TRAIN_RULES):
+  """This process's left-padded prompts as global arrays split over the batch axes.
+
+  Each process padded its rows to the bucket of its own longest prompt; a global array has one
+  width, so every process first left-pads to the widest process's (the bucket one process holding
+  the whole batch would have chosen).
+
+  Args:
+    tokens: int32[B_host, T_host], 0 on the left padding; mask: bool[B_host, T_host].
+  Returns:
+    (tokens int32[B, T], mask bool[B, T]) with B = the processes' rows, T = max T_host.
+  """
+  tokens, mask = np.asarray(tokens), np.asarray(mask)
+  pad = ((0, 0), (max_over_processes(tokens.shape[1]) - tokens.shape[1], 0))
+  placed = place_host_batch({"tokens": np.pad(tokens, pad), "mask": np.pad(mask, pad)}, mesh, rules)
+  return placed["tokens"], placed["mask"]
+
+
+def gather_host_rows(x: np.ndarray, mesh: Mesh, rules=TRAIN_RULES) -> np.ndarray:
+  """Every process's rows x[B_host, ...] of a global batch (as host_batch_rows assigns them),
+  stacked in global row order, on every process (a collective); x itself with one process.
+
+  Processes that hold the same rows (a mesh whose batch axes do not span them all) count once.
+  """
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  start, _ = host_batch_rows(len(x) * jax.process_count(), mesh, rules)
+  blocks = np.asarray(multihost_utils.process_allgather(x))
+  starts = np.asarray(multihost_utils.process_allgather(np.int32(start)))
+  _, first = np.unique(starts, return_index=True)  # sorted by start: global row order
+  return np.concatenate(list(blocks[first]))
