@@ -15,9 +15,12 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from r1 import eval_metrics
+from r1 import sharding
 from r1 import tokenizer as tokenizer_lib
 from r1.data import tasks as tasks_lib
 from r1.data import templates as templates_lib
@@ -168,27 +171,37 @@ def _batch_seed(seed: int, batch_index: int) -> int:
 
 def sample_completions(policy, prompts: Sequence[Sequence[int]], *, k: int, batch_size: int,
                        max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                       stop_tokens: Sequence[int], seed: int) -> dict[str, np.ndarray]:
+                       stop_tokens: Sequence[int], seed: int, mesh=None) -> dict[str, np.ndarray]:
   """k samples for each prompt from `policy.generate` in fixed batches of `batch_size` prompts.
 
   The last batch is padded by repeating its own prompts and their outputs are dropped: every call
   has the same batch shape, so the sampler compiles one program per prompt-length bucket.
+
+  `mesh`: the policy's mesh, needed with several processes: every process holds all prompts,
+  passes the sampler its own rows of each batch (r1.sharding.host_batch_rows) and receives every
+  row's output, so each process returns the same, whole result.
   Returns {"tokens": i32[P, k, N], "lengths": i32[P, k], "stopped": bool[P, k]}.
   """
   if batch_size < 1 or k < 1:
     raise ValueError(f"batch_size ({batch_size}) and k ({k}) must be >= 1")
+  lo, hi, read = 0, batch_size, np.asarray
+  if mesh is not None:
+    lo, hi = sharding.host_batch_rows(batch_size, mesh)
+    if jax.process_count() > 1:
+      read = lambda x: multihost_utils.process_allgather(x, tiled=True)  # pylint: disable=unnecessary-lambda-assignment
   tokens, lengths, stopped = [], [], []
   for b, start in enumerate(range(0, len(prompts), batch_size)):
     batch = list(prompts[start:start + batch_size])
     real = len(batch)
     batch += [batch[i % real] for i in range(batch_size - real)]
-    out = policy.generate(batch, num_samples=k, max_new_tokens=max_new_tokens,
+    out = policy.generate(batch[lo:hi], num_samples=k, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, top_k=top_k,
-                          stop_tokens=list(stop_tokens), seed=_batch_seed(seed, b))
+                          stop_tokens=list(stop_tokens), seed=_batch_seed(seed, b),
+                          **({} if mesh is None else {"mesh": mesh}))
     rows = real * k  # Rows are grouped by prompt, so the real prompts' rows come first.
-    tokens.append(np.asarray(out.tokens)[:rows].reshape(real, k, max_new_tokens))
-    lengths.append(np.asarray(out.lengths)[:rows].reshape(real, k))
-    stopped.append(np.asarray(out.stopped)[:rows].reshape(real, k))
+    tokens.append(read(out.tokens)[:rows].reshape(real, k, max_new_tokens))
+    lengths.append(read(out.lengths)[:rows].reshape(real, k))
+    stopped.append(read(out.stopped)[:rows].reshape(real, k))
   if not tokens:
     return {"tokens": np.zeros((0, k, max_new_tokens), np.int32),
             "lengths": np.zeros((0, k), np.int32), "stopped": np.zeros((0, k), bool)}
@@ -261,7 +274,7 @@ def summarize(examples: Sequence, completions: Sequence[Sequence[str]], lengths,
 def evaluate(policy, tokenizer, template, examples, *, k: int = 4, temperature: float = 0.6,
              top_p: float = 0.95, top_k: int = 0, max_new_tokens: int = 1024, batch_size: int = 8,
              stop_tokens: Sequence[int] | None = None, seed: int = 0, dataset_name: str = "eval",
-             add_bos: bool = True, num_report_samples: int = 3, pool=None) -> dict:
+             add_bos: bool = True, num_report_samples: int = 3, pool=None, mesh=None) -> dict:
   """Samples k completions per problem with `policy` and reports pass@k, cons@k and more.
 
   Args:
@@ -280,6 +293,9 @@ def evaluate(policy, tokenizer, template, examples, *, k: int = 4, temperature: 
     add_bos: prepend bos to prompts, as the training pipeline does.
     num_report_samples: problems per dataset whose completions are kept in the report.
     pool: sympy pool for the math verifier.
+    mesh: the mesh the policy's variables are sharded on; needed with several processes (see
+      `sample_completions`), where every process grades all completions and returns the whole
+      report (grading is host work, small next to sampling).
   Returns:
     {"config": {sampling settings}, "datasets": {name: metrics}} where metrics has
     n_eval, k, pass@1, pass@1_ci [lo, hi] (bootstrap over problems), pass@1_ci_wilson, cons@k,
@@ -309,7 +325,7 @@ def evaluate(policy, tokenizer, template, examples, *, k: int = 4, temperature: 
                for ex in dataset]
     out = sample_completions(policy, prompts, k=k, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             top_k=top_k, stop_tokens=stop_tokens, seed=seed)
+                             top_k=top_k, stop_tokens=stop_tokens, seed=seed, mesh=mesh)
     completions = [[tokenizer.decode(completion_ids(out["tokens"][p, g], out["lengths"][p, g],
                                                     out["stopped"][p, g], stop_tokens, tokenizer))
                     for g in range(k)] for p in range(len(dataset))]

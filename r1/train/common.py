@@ -13,6 +13,7 @@ import shutil
 from absl import logging
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 import r1
@@ -81,7 +82,7 @@ def build_tokenizer(config, workdir: str):
   if path:
     return load_tokenizer(path), path
   target = os.path.join(workdir, TOKENIZER_DIR, "tokenizer.model")
-  if not os.path.exists(target):
+  if jax.process_index() == 0 and not os.path.exists(target):
     template = templates.get_template(config.data.template)
     task = make_task(config.data)
     corpus = []
@@ -89,6 +90,11 @@ def build_tokenizer(config, workdir: str):
       ex = task.example(config.data.seed + 20_000, i)
       corpus.append(template.render_prompt(ex.prompt) + template.render_response(*task.worked_solution(ex)))
     train_sentencepiece(corpus, target[:-len(".model")], vocab_size=config.tokenizer.vocab_size)
+  if jax.process_count() > 1:
+    # Multi-host: process 0 trains, the others read its file (the workdir is shared, as multi-host
+    # orbax checkpoints need), so every process tokenises alike. Unconditional: a process that
+    # found the file already written must not skip the barrier the others wait at.
+    multihost_utils.sync_global_devices("r1 tokenizer written")
   return load_tokenizer(target), target
 
 
@@ -109,16 +115,55 @@ def build_mesh(config):
   # Multi-slice: `data` spans mesh.dcn_data slices over the data-center network (sharding.make_mesh).
   dcn_data = int(mesh_config.get("dcn_data", 1) or 1)
   if dcn_data == 1 and not any(v != 1 for v in shape.values()):
+    if jax.process_count() > 1:
+      raise ValueError(f"config.mesh.shape={shape} is one device, but this job has {jax.process_count()} processes "
+                       f"and {jax.device_count()} devices: give a mesh over all of them, e.g. "
+                       "--config.mesh.shape.data=-1")
     return None
   return sharding.make_mesh(shape, dcn_data=dcn_data)
 
 
+def data_shard(global_batch: int, mesh) -> dict:
+  """The data pipeline's batch_size / process_index / process_count for this process's share of
+  global batches of `global_batch` rows: the block of rows its devices hold
+  (sharding.host_batch_rows). With one process, {"batch_size": global_batch}."""
+  if jax.process_count() == 1:
+    return {"batch_size": global_batch}
+  start, stop = sharding.host_batch_rows(global_batch, mesh)
+  rows = stop - start
+  return {"batch_size": rows, "process_index": start // rows, "process_count": global_batch // rows}
+
+
 def place_batch(batch: dict, mesh) -> dict:
-  """Numpy batch arrays onto the mesh, split over the batch axes (unchanged without a mesh)."""
+  """Numpy batch arrays onto the mesh, split over the batch axes (unchanged without a mesh).
+
+  Multi-host: `batch` holds this process's rows only (see data_shard); the arrays returned are
+  the global batch (sharding.place_host_batch).
+  """
   if mesh is None:
     return batch
-  return {k: jax.device_put(v, sharding.logical_to_sharding(
-      jax.sharding.PartitionSpec(*("batch", "length")[:np.ndim(v)]), mesh)) for k, v in batch.items()}
+  placed = {k: jax.device_put(v, sharding.logical_to_sharding(
+      jax.sharding.PartitionSpec(*("batch", "length")[:np.ndim(v)]), mesh))
+            for k, v in batch.items() if jax.process_count() == 1 or isinstance(v, jax.Array)}
+  # Multi-host: host values are this process's rows; arrays already global (the overlapped
+  # reference logprobs) were only moved to the batch layout above.
+  placed.update(sharding.place_host_batch({k: v for k, v in batch.items() if k not in placed}, mesh))
+  return {k: placed[k] for k in batch}
+
+
+def host_rows(x, mesh) -> np.ndarray:
+  """This process's rows of a global per-row array (all of it with one process), as numpy."""
+  return np.asarray(x) if mesh is None else sharding.host_local_rows(x, mesh)
+
+
+def gather_rows(x, mesh) -> np.ndarray:
+  """Every process's rows of per-row host values, in global batch order (x with one process)."""
+  return np.asarray(x) if mesh is None else sharding.gather_host_rows(x, mesh)
+
+
+def is_chief() -> bool:
+  """Whether this process writes the stage's files (reports, the exported policy, plots)."""
+  return jax.process_index() == 0
 
 
 def build_policy(config, tokenizer, mesh=None) -> r1.Policy:
@@ -181,8 +226,26 @@ def init_description(config) -> str:
 
 def export_policy(policy: r1.Policy, tokenizer_path: str | None, workdir: str) -> str:
   """Writes the stage's output: <workdir>/policy (HF format) and <workdir>/tokenizer/ (a copy of
-  the tokenizer's files: a SentencePiece .model, or tokenizer.json + tokenizer_config.json)."""
+  the tokenizer's files: a SentencePiece .model, or tokenizer.json + tokenizer_config.json).
+
+  Multi-host: a collective. The weights are gathered to every process (safetensors are written
+  whole) and process 0 writes; all return once the files exist.
+  """
   out = os.path.join(workdir, POLICY_DIR)
+  if jax.process_count() > 1:
+    # One program replicates every leaf (process_allgather would compile one per leaf shape).
+    mesh = jax.tree.leaves(policy.variables)[0].sharding.mesh
+    replicated = jax.jit(lambda v: v, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    policy = r1.Policy(policy.config, jax.device_get(replicated(policy.variables)))
+    if is_chief():
+      _write_policy(policy, tokenizer_path, workdir, out)
+    multihost_utils.sync_global_devices("r1 policy exported")
+    return out
+  _write_policy(policy, tokenizer_path, workdir, out)
+  return out
+
+
+def _write_policy(policy: r1.Policy, tokenizer_path: str | None, workdir: str, out: str) -> None:
   r1.save_hf_checkpoint(policy, out)
   if tokenizer_path:
     src_dir = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
@@ -194,7 +257,6 @@ def export_policy(policy: r1.Policy, tokenizer_path: str | None, workdir: str) -
       src, dst = os.path.join(src_dir, name), os.path.join(dst_dir, name)
       if os.path.abspath(src) != os.path.abspath(dst):
         shutil.copyfile(src, dst)
-  return out
 
 
 def policy_of(model_config, state) -> r1.Policy:

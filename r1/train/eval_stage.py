@@ -8,10 +8,15 @@ split), "gsm8k" (test), "math500". Each is cut to its first config.eval.num_exam
 The stage exports no policy, so `common.stage_done` never marks it done and a pipeline re-runs it;
 the rerun is cheap: it returns the existing eval_report.json without sampling when that report was
 made with the same policy, datasets and settings (its "stage" entry), and evaluates again otherwise.
+
+Multi-host: the policy is sharded over config.mesh (which must span every process's devices),
+each process samples its rows of every eval batch and grades the whole set; process 0 writes.
 """
 
 import json
 import os
+
+import jax
 
 import r1
 from r1 import evaluate as evaluation
@@ -52,8 +57,9 @@ def stage_settings(config) -> dict:
   return json.loads(json.dumps(settings))  # As it reads back from the report (tuples are lists).
 
 
-def evaluate_policy(config, policy: r1.Policy, tokenizer) -> dict:
-  """`r1.evaluate.evaluate` of `policy` on every dataset of config.eval.datasets."""
+def evaluate_policy(config, policy: r1.Policy, tokenizer, mesh=None) -> dict:
+  """`r1.evaluate.evaluate` of `policy` on every dataset of config.eval.datasets (`mesh`: the
+  policy's, with several processes)."""
   e = config.eval
   names = list(e.get("datasets", ("held_out",)))
   if not names or len(set(names)) != len(names):
@@ -63,7 +69,7 @@ def evaluate_policy(config, policy: r1.Policy, tokenizer) -> dict:
       k=e.k, temperature=e.temperature, top_p=e.top_p, top_k=e.get("top_k", 0),
       max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens), batch_size=e.batch_size,
       stop_tokens=common.stop_tokens(config, tokenizer), seed=e.seed,
-      num_report_samples=e.get("num_report_samples", 3))
+      num_report_samples=e.get("num_report_samples", 3), mesh=mesh)
 
 
 def run(config, workdir: str) -> dict:
@@ -79,8 +85,12 @@ def run(config, workdir: str) -> dict:
       return report
   os.makedirs(workdir, exist_ok=True)
   tokenizer, _ = common.build_tokenizer(config, workdir)
-  report = evaluate_policy(config, common.build_policy(config, tokenizer), tokenizer)
+  # One process evaluates on one device, as it always has; several need the policy on a mesh over
+  # all of their devices.
+  mesh = common.build_mesh(config) if jax.process_count() > 1 else None
+  report = evaluate_policy(config, common.build_policy(config, tokenizer, mesh), tokenizer, mesh)
   report["stage"] = settings
-  evaluation.write_report(path, report)
+  if common.is_chief():
+    evaluation.write_report(path, report)
   print(evaluation.format_table(report))
   return report

@@ -6,6 +6,15 @@ train state's own buffers, no host copy); completions are decoded and scored by 
 rewards; `grpo.group_advantages` normalises within each group; `train_step.make_grpo_step` runs
 the paper's mu updates. A run killed at any point (SIGTERM included) resumes from its last
 checkpoint with the same next batch and the same sampling seeds.
+
+Multi-host (every process runs this loop): each process reads its own rows of the global prompt
+batch (common.data_shard), the sampler runs on the global batch, and each process decodes and
+scores the completions on its own devices, which are those of its own prompts: a prompt's G
+samples are rows b * G .. b * G + G - 1, so splitting [B * G] rows over the devices as the [B]
+prompts were split keeps each group on the process that read its prompt. Group advantages are
+then computed where the rewards are, with no exchange of rewards or texts; only the step's
+metrics gather every process's per-row rewards and lengths (a few numbers per row). Files are
+written by process 0; checkpoints are multi-host orbax.
 """
 
 import os
@@ -17,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1 import evaluate as evaluation
-from r1 import grpo, metrics as metrics_lib, optim, sampling, train_step
+from r1 import grpo, metrics as metrics_lib, optim, sampling, sharding, train_step
 from r1.data import pipeline, templates
 from r1.rewards import reward_model as reward_model_lib
 from r1.train import common, rollout
@@ -28,12 +37,26 @@ def sampling_seed(config, step: int) -> int:
   return (int(config.seed) * 1_000_003 + step) % (2**31 - 1)
 
 
-def run_eval(config, policy, tokenizer, template, examples, stops, name: str) -> dict:
-  """pass@1 over k samples and cons@k on the held-out examples (config.eval)."""
+def run_eval(config, policy, tokenizer, template, examples, stops, name: str, mesh=None) -> dict:
+  """pass@1 over k samples and cons@k on the held-out examples (config.eval).
+
+  `mesh`: the mesh the policy is sharded on. Multi-host evaluation needs it (each process places
+  its rows of every eval batch); with one process it is not used, so a single-process run
+  evaluates as it always has (prompts on one device).
+  """
   e = config.eval
   return evaluation.evaluate(policy, tokenizer, template, examples, k=e.k, temperature=e.temperature, top_p=e.top_p,
                              max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens),
-                             batch_size=e.batch_size, stop_tokens=stops, seed=e.seed, dataset_name=name)
+                             batch_size=e.batch_size, stop_tokens=stops, seed=e.seed, dataset_name=name,
+                             mesh=mesh if jax.process_count() > 1 else None)
+
+
+def pad_host_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
+  """sampling.pad_prompts of this process's prompts, at the width of the global batch: the widest
+  process's bucket (with one process, sampling.pad_prompts itself)."""
+  tokens, mask = sampling.pad_prompts(prompts)
+  pad = ((0, 0), (sharding.max_over_processes(tokens.shape[1]) - tokens.shape[1], 0))
+  return (np.pad(tokens, pad), np.pad(mask, pad)) if pad[1][0] else (tokens, mask)
 
 
 def eval_scalars(report: dict, prefix: str = "eval/") -> dict[str, float]:
@@ -72,15 +95,20 @@ def run(config, workdir: str) -> dict:
       ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate, group_size=g,
       logits_chunk_size=gc.get("logits_chunk_size"), state_shardings=state_shardings, mesh=mesh)
 
+  # This process's rows of each global batch of config.data.batch_size prompts (all of them with
+  # one process).
+  shard = common.data_shard(config.data.batch_size, mesh)
   data = pipeline.rl_prompt_dataset(common.prompt_source(config.data, "train"), tokenizer, template,
-                                    batch_size=config.data.batch_size, seed=config.seed,
-                                    length_buckets=tuple(config.data.length_buckets))
+                                    seed=config.seed, length_buckets=tuple(config.data.length_buckets), **shard)
   batches = iter(data)
   eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
 
   # R1 2.3.4: a model-based reward on top of the rules ("RL for all scenarios"); None: rules only.
   reward_model = reward_model_lib.from_stage_config(config, mc, mesh)
   rm_config = config.get("reward_model") or {}
+  if reward_model is not None and jax.process_count() > 1:
+    raise NotImplementedError("config.reward_model with several processes: RewardModel.score_batch places whole "
+                              "batches (jax.device_put); it needs per-process placement (sharding.place_host_batch)")
 
   ckpt, state, start, writer = common.resume(config, workdir, state, batches)
   progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds)
@@ -90,7 +118,8 @@ def run(config, workdir: str) -> dict:
 
   reports = {}
   if start == 0 and config.eval.at_start:
-    reports["before"] = run_eval(config, current_policy(), tokenizer, template, eval_examples, stops, "held_out")
+    reports["before"] = run_eval(config, current_policy(), tokenizer, template, eval_examples, stops, "held_out",
+                                 mesh)
     writer.write(0, eval_scalars(reports["before"]))
     print(evaluation.format_table(reports["before"]))
 
@@ -110,16 +139,19 @@ def run(config, workdir: str) -> dict:
     """G completions for each prompt of `batch`, decoded and scored (host-side numpy); with
     dispatch_reference, also the (asynchronous) reference logprobs of the round's GRPO layout."""
     t = time.perf_counter()
+    # Multi-host: this process's prompts; the sampler places them as its rows of the global batch,
+    # and host_rows reads back the completions of exactly those prompts (module docstring).
     prompts = [list(row[m]) for row, m in zip(batch["prompt_tokens"], batch["prompt_mask"])]
     out = sampling.generate(mc, current_policy().variables, prompts, num_samples=g, max_new_tokens=n,
                             temperature=config.rollout.temperature, top_p=config.rollout.top_p,
                             top_k=config.rollout.top_k, stop_tokens=stops, seed=seed, mesh=mesh)
-    rnd = {"prompts": prompts, "examples": list(batch["examples"]), "completions": np.asarray(out.tokens),
-           "mask": np.asarray(out.mask), "lengths": np.asarray(out.lengths), "stopped": np.asarray(out.stopped),
-           "logprobs": np.asarray(out.logprobs)}
+    rows = lambda x: common.host_rows(x, mesh)  # pylint: disable=unnecessary-lambda-assignment
+    rnd = {"prompts": prompts, "examples": list(batch["examples"]), "completions": rows(out.tokens),
+           "mask": rows(out.mask), "lengths": rows(out.lengths), "stopped": rows(out.stopped),
+           "logprobs": rows(out.logprobs)}
     timing["generate"] = timing.get("generate", 0.0) + time.perf_counter() - t
     if dispatch_reference and reference_fn is not None:
-      layout = rollout.grpo_batch(*sampling.pad_prompts(prompts), rnd["completions"],
+      layout = rollout.grpo_batch(*pad_host_prompts(prompts), rnd["completions"],
                                   loss_mask_of(rnd["mask"], rnd["stopped"]), None, g)
       layout = {k: layout[k] for k in ("tokens", "positions", "segment_ids")}
       rnd["ref_logprobs"] = reference_fn(state.ref_params, state.moe_bias, common.place_batch(layout, mesh))
@@ -144,18 +176,21 @@ def run(config, workdir: str) -> dict:
     timing.clear()
     rounds = [rollout_round(next(batches), sampling_seed(config, step), dispatch_reference=True)]
     # DAPO dynamic sampling: groups whose G rewards are equal teach nothing; draw more prompts
-    # (at most max_extra_rounds batches) and keep informative groups first.
+    # (at most max_extra_rounds batches) and keep informative groups first. Multi-host: the count
+    # is global (every process must draw the same rounds), each process then keeps its own
+    # groups, informative first.
     while (config.rollout.dynamic_sampling and len(rounds) <= config.rollout.max_extra_rounds
-           and sum(rollout.informative_groups(r["total"], g).sum() for r in rounds) < config.data.batch_size):
+           and common.gather_rows(np.concatenate([rollout.informative_groups(r["total"], g) for r in rounds]),
+                                  mesh).sum() < config.data.batch_size):
       rounds.append(rollout_round(next(batches), sampling_seed(config, step) + 7919 * len(rounds)))
     # The overlapped reference logprobs fit the batch when it is the first round as is.
     ref_logprobs = rounds[0].pop("ref_logprobs", None) if len(rounds) == 1 else None
     for r in rounds:
       r.pop("ref_logprobs", None)
-    rnd = rollout.take_groups(rounds, config.data.batch_size, g, config.rollout.dynamic_sampling)
+    rnd = rollout.take_groups(rounds, shard["batch_size"], g, config.rollout.dynamic_sampling)
     total, components, lengths, stopped = rnd["total"], rnd["components"], rnd["lengths"], rnd["stopped"]
     texts = rnd["texts"]
-    prompt_tokens, prompt_mask = sampling.pad_prompts(rnd["prompts"])
+    prompt_tokens, prompt_mask = pad_host_prompts(rnd["prompts"])
     # With mu > 1 the later iterations need pi_old: the sampler's logprobs are exactly that at
     # temperature 1 (the paper's rollouts). At mu = 1, or another temperature, the first
     # iteration's own logprobs serve, which makes the ratio exactly 1 (as in TRL).
@@ -171,23 +206,28 @@ def run(config, workdir: str) -> dict:
     step_metrics = jax.device_get(step_metrics)
     t3 = time.perf_counter()
 
+    # Metrics of the global batch: every process's rows (a no-op with one process).
+    components = {k: common.gather_rows(v, mesh) for k, v in components.items()}
+    total, lengths, stopped = (common.gather_rows(x, mesh) for x in (total, lengths, stopped))
     m = metrics_lib.rollout_metrics(components, total, g, lengths, n, stopped)
     if "accuracy" in components:
       m["accuracy"] = float(components["accuracy"].mean())
     m.update({k: float(v) for k, v in step_metrics.items()})
     m.update({"time/generate": timing["generate"], "time/reward": timing["reward"], "time/update": t3 - t2,
               "time/step": t3 - t0, "rollout/rounds": len(rounds),
-              "sampler/tokens_per_s": float(sum(r["lengths"].sum() for r in rounds)) / max(timing["generate"], 1e-9),
+              "sampler/tokens_per_s": float(sum(common.gather_rows(r["lengths"], mesh).sum() for r in rounds))
+                                      / max(timing["generate"], 1e-9),
               "compiles/prefill": sampling.compile_count()["prefill"],
               "compiles/decode": sampling.compile_count()["decode"]})
     done = step + 1
     eval_metrics = None
     if config.eval.every_steps and done % config.eval.every_steps == 0 and done < config.total_steps:
       eval_metrics = eval_scalars(run_eval(config, current_policy(), tokenizer, template, eval_examples, stops,
-                                           "held_out"))
+                                           "held_out", mesh))
       m.update(eval_metrics)
     writer.write(done, m)
     if config.log.samples_every and done % config.log.samples_every == 0:
+      # Process 0's texts (the writer writes on process 0 only): the first rows of the batch.
       writer.write_texts(done, "samples", texts[:config.log.num_samples])
     progress.update(done, m)
     stop = ckpt.should_stop(done)
@@ -199,11 +239,14 @@ def run(config, workdir: str) -> dict:
 
   ckpt.close()
   if not stopped_early:
-    reports["after"] = run_eval(config, current_policy(), tokenizer, template, eval_examples, stops, "held_out")
+    reports["after"] = run_eval(config, current_policy(), tokenizer, template, eval_examples, stops, "held_out",
+                                mesh)
     writer.write(config.total_steps, eval_scalars(reports["after"], prefix="final_eval/"))
     print(evaluation.format_table(reports["after"]))
-    evaluation.write_report(os.path.join(workdir, "eval_report.json"), reports)
+    if common.is_chief():
+      evaluation.write_report(os.path.join(workdir, "eval_report.json"), reports)
     common.export_policy(current_policy(), tokenizer_path, workdir)
   writer.close()
-  metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+  if common.is_chief():
+    metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
   return reports

@@ -2,6 +2,10 @@
 
 Masked next-token cross-entropy on response tokens of packed (prompt, response) rows, with the
 same sharding, checkpointing, metrics and hand-over as the GRPO stage (r1/train/rl.py).
+
+Multi-host: each process takes its rows of every global batch of config.sft.batch_size packed rows
+(common.data_shard; r1.data.pipeline packs the one-host stream, so the global batches are those of
+one process) and places them with common.place_batch; process 0 writes the files.
 """
 
 import os
@@ -47,7 +51,7 @@ def run(config, workdir: str) -> dict:
                                     logits_chunk_size=config.sft.get("logits_chunk_size"),
                                     state_shardings=state_shardings, mesh=mesh)
   data = pipeline.sft_dataset(sft_source(config, template), tokenizer, template, seq_len=config.sft.seq_len,
-                              batch_size=config.sft.batch_size, seed=config.seed)
+                              seed=config.seed, **common.data_shard(config.sft.batch_size, mesh))
   batches = iter(data)
 
   ckpt, state, start, writer = common.resume(config, workdir, state, batches)
@@ -73,10 +77,11 @@ def run(config, workdir: str) -> dict:
     if config.eval.at_end:
       eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
       report = rl.run_eval(config, final, tokenizer, template, eval_examples,
-                           common.stop_tokens(config, tokenizer), "held_out")
+                           common.stop_tokens(config, tokenizer), "held_out", mesh)
       writer.write(config.total_steps, rl.eval_scalars(report, prefix="final_eval/"))
       print(evaluation.format_table(report))
-      evaluation.write_report(os.path.join(workdir, "eval_report.json"), report)
+      if common.is_chief():
+        evaluation.write_report(os.path.join(workdir, "eval_report.json"), report)
     common.export_policy(final, tokenizer_path, workdir)
   writer.close()
   return report
