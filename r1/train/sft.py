@@ -15,7 +15,7 @@ import jax
 from r1 import evaluate as evaluation
 from r1 import metrics as metrics_lib, optim, train_step
 from r1.data import pipeline, sources, tasks, templates
-from r1.train import common, rl
+from r1.train import common, distill, rl
 
 
 def sft_source(config, template):
@@ -32,7 +32,7 @@ def run(config, workdir: str) -> dict:
   """Trains config.total_steps SFT steps in `workdir`; returns the final eval report ({} if none)."""
   os.makedirs(workdir, exist_ok=True)
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
-  template = templates.get_template(config.data.template)
+  template = templates.get_template(config.data.template, tokenizer_path=tokenizer_path)
   mesh = common.build_mesh(config)
   policy = common.build_policy(config, tokenizer, mesh)
   mc = policy.config
@@ -45,11 +45,14 @@ def run(config, workdir: str) -> dict:
   if mesh is not None:
     state_shardings = train_step.train_state_shardings(mc, optimizer, mesh, with_reference=False)
     state = jax.device_put(state, state_shardings)
+  teacher = distill.load_teacher(config, mc, tokenizer, mesh)  # None unless config.sft.distill is on
   update = train_step.make_sft_step(mc, optimizer, schedule, mtp_weight=config.sft.mtp_weight,
                                     num_micro_batches=config.sft.num_micro_batches,
                                     bias_update_rate=config.sft.bias_update_rate,
                                     logits_chunk_size=config.sft.get("logits_chunk_size"),
-                                    state_shardings=state_shardings, mesh=mesh)
+                                    state_shardings=state_shardings, mesh=mesh,
+                                    **distill.sft_step_kwargs(config, teacher))
+  update = distill.with_teacher(update, teacher)
   data = pipeline.sft_dataset(sft_source(config, template), tokenizer, template, seq_len=config.sft.seq_len,
                               seed=config.seed, **common.data_shard(config.sft.batch_size, mesh))
   batches = iter(data)

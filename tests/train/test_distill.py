@@ -198,6 +198,33 @@ def stage_config(tmp_path, **distill_section):
   return c
 
 
+def test_sft_stage_distils_from_an_exported_teacher(tmp_path):
+  # The teacher: a DeepSeek-MoE policy exported in the stage layout (<dir>/policy + <dir>/tokenizer)
+  # with the tokenizer the student will use.
+  base = stage_config(tmp_path)
+  tokenizer, tokenizer_path = common.build_tokenizer(base, str(tmp_path / "teacher"))
+  teacher_config = get_model_config("tiny_v3", num_hidden_layers=2, hidden_size=64, vocab_size=tokenizer.vocab_size)
+  common.export_policy(r1.Policy(teacher_config, init_variables(teacher_config, jax.random.key(3))),
+                       tokenizer_path, str(tmp_path / "teacher"))
+  teacher_dir = str(tmp_path / "teacher" / "policy")
+
+  config = stage_config(tmp_path, teacher_dir=teacher_dir, weight=0.5, temperature=2.0)
+  config.tokenizer.path = str(tmp_path / "teacher" / "tokenizer")
+  sft.run(config, str(tmp_path / "student"))
+  with open(tmp_path / "student" / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  kls = [r["distill_kl"] for r in rows if "distill_kl" in r]
+  assert len(kls) == 2 and all(np.isfinite(kls)) and min(kls) > 0, rows
+  # loss = nll + weight * tau^2 * distill_kl, as written.
+  for r in rows:
+    if "distill_kl" in r:
+      np.testing.assert_allclose(r["loss"], r["nll"] + 0.5 * 4.0 * r["distill_kl"], rtol=1e-5)
+  # The student kept its architecture; distillation off (the section missing, or weight 0) loads nothing.
+  assert json.load(open(tmp_path / "student" / "policy" / "config.json"))["model_type"] == "qwen2"
+  assert distill.load_teacher(base, None) is None
+  assert distill.load_teacher(stage_config(tmp_path, teacher_dir=teacher_dir, weight=0.0), None) is None
+
+
 def test_load_teacher_refuses_another_vocabulary_before_reading_weights(tmp_path):
   teacher_config = get_model_config("tiny_v3", num_hidden_layers=1, hidden_size=32)
   r1.save_hf_checkpoint(r1.Policy(teacher_config, init_variables(teacher_config, jax.random.key(0))),
