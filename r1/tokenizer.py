@@ -47,9 +47,13 @@ class Tokenizer(abc.ABC):
   def token_to_id(self, piece: str) -> int | None:
     """Id of a single vocabulary piece, or None if `piece` is not one piece."""
 
+  # False for models trained without a BOS token (Qwen2/2.5: tokenizer_config.json `bos_token: null`):
+  # encode(add_bos=True) then prepends nothing, as transformers' tokenizer would.
+  uses_bos: bool = True
+
   def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
     ids = self._encode(text)
-    return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
+    return ([self.bos_id] if add_bos and self.uses_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
   @property
   def special_ids(self) -> dict[str, int]:
@@ -121,6 +125,10 @@ class HFTokenizer(Tokenizer):
     self._tok = tokenizers.Tokenizer.from_file(path)
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     config = _read_hf_tokenizer_config(os.path.dirname(path))
+    # A config that sets bos_token to null, or add_bos_token to false, says the model never saw a
+    # BOS (Qwen2.5); bos_id is still resolved (special_ids, decode) but encode does not prepend it.
+    self.uses_bos = bool(bos_token) or not (config.get("bos_token", "") is None
+                                            or config.get("add_bos_token") is False)
     self.bos_id = self._resolve("bos", bos_token or config.get("bos_token"),
                                 ("<｜begin▁of▁sentence｜>", "<s>", "<bos>", "<|endoftext|>"))
     self.eos_id = self._resolve("eos", eos_token or config.get("eos_token"),
@@ -151,8 +159,9 @@ class HFTokenizer(Tokenizer):
     return self._tok.token_to_id(piece)
 
 
-def _read_hf_tokenizer_config(directory: str) -> dict[str, str]:
-  """bos/eos/pad token strings from `tokenizer_config.json`, which stores str or {"content": str}."""
+def _read_hf_tokenizer_config(directory: str) -> dict:
+  """bos/eos/pad token strings from `tokenizer_config.json` (which stores str or {"content": str};
+  an explicit null is kept as None), and add_bos_token when it is set."""
   path = os.path.join(directory, "tokenizer_config.json")
   if not os.path.exists(path):
     return {}
@@ -160,11 +169,15 @@ def _read_hf_tokenizer_config(directory: str) -> dict[str, str]:
     config = json.load(f)
   out = {}
   for key in ("bos_token", "eos_token", "pad_token"):
-    value = config.get(key)
+    value = config.get(key, "")
     if isinstance(value, dict):
       value = value.get("content")
-    if isinstance(value, str):
+    if isinstance(value, str) and value:
       out[key] = value
+    elif value is None:
+      out[key] = None
+  if isinstance(config.get("add_bos_token"), bool):
+    out["add_bos_token"] = config["add_bos_token"]
   return out
 
 

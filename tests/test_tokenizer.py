@@ -112,3 +112,20 @@ def test_hf_tokenizer_explicit_tokens_and_errors(tmp_path):
   assert tok.pad_id == tok.eos_id  # No pad token given: pad with eos.
   with pytest.raises(ValueError, match="no bos token"):
     tokenizer_lib.HFTokenizer(path, bos_token="<nope>")
+
+
+@pytest.mark.parametrize("config,uses_bos", [
+    ({"bos_token": None, "eos_token": "<｜end▁of▁sentence｜>"}, False),          # Qwen2.5: no BOS at all
+    ({"bos_token": "<｜begin▁of▁sentence｜>", "add_bos_token": False}, False),
+    ({"bos_token": "<｜begin▁of▁sentence｜>", "add_bos_token": True}, True),    # DeepSeek, R1-Distill
+    ({}, True),
+])
+def test_hf_tokenizer_adds_bos_only_when_the_model_uses_one(tmp_path, config, uses_bos):
+  raw = _build_hf_tokenizer(tmp_path / "ckpt")
+  with open(tmp_path / "ckpt" / "tokenizer_config.json", "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  tok = tokenizer_lib.load_tokenizer(str(tmp_path / "ckpt"))
+  assert tok.uses_bos == uses_bos
+  ids = tok.encode("12 + 34", add_bos=True)
+  assert ids == ([tok.bos_id] if uses_bos else []) + tok.encode("12 + 34")
+  assert tok.bos_id == raw.token_to_id("<｜begin▁of▁sentence｜>")  # still known, for decoding and special_ids
