@@ -106,6 +106,12 @@ def stop_tokens(config, tokenizer) -> list[int]:
   return stops
 
 
+def prompt_template(config, tokenizer_path: str | None) -> templates.Template:
+  """config.data.template; "hf_chat" reads the chat template of the stage's tokenizer directory
+  (a Qwen2.5 / R1-Distill student's own format)."""
+  return templates.get_template(config.data.template, tokenizer_path=tokenizer_path)
+
+
 def build_mesh(config):
   """The device mesh of config.mesh.shape (e.g. {"data": 2, "fsdp": 2, "expert": 2}; -1 takes the
   remaining devices) times config.mesh.dcn_data slices (default 1); None (one device, no sharding

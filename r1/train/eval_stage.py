@@ -20,7 +20,7 @@ import jax
 
 import r1
 from r1 import evaluate as evaluation
-from r1.data import sources, templates
+from r1.data import sources
 from r1.train import common
 
 REPORT_FILE = "eval_report.json"
@@ -57,15 +57,15 @@ def stage_settings(config) -> dict:
   return json.loads(json.dumps(settings))  # As it reads back from the report (tuples are lists).
 
 
-def evaluate_policy(config, policy: r1.Policy, tokenizer, mesh=None) -> dict:
+def evaluate_policy(config, policy: r1.Policy, tokenizer, mesh=None, tokenizer_path: str | None = None) -> dict:
   """`r1.evaluate.evaluate` of `policy` on every dataset of config.eval.datasets (`mesh`: the
-  policy's, with several processes)."""
+  policy's, with several processes; `tokenizer_path`: the tokenizer's directory, for hf_chat)."""
   e = config.eval
   names = list(e.get("datasets", ("held_out",)))
   if not names or len(set(names)) != len(names):
     raise ValueError(f"eval.datasets={names}: expected one or more distinct dataset names")
   return evaluation.evaluate(
-      policy, tokenizer, templates.get_template(config.data.template), {n: load_dataset(config, n) for n in names},
+      policy, tokenizer, common.prompt_template(config, tokenizer_path), {n: load_dataset(config, n) for n in names},
       k=e.k, temperature=e.temperature, top_p=e.top_p, top_k=e.get("top_k", 0),
       max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens), batch_size=e.batch_size,
       stop_tokens=common.stop_tokens(config, tokenizer), seed=e.seed,
@@ -84,11 +84,11 @@ def run(config, workdir: str) -> dict:
       print(evaluation.format_table(report))
       return report
   os.makedirs(workdir, exist_ok=True)
-  tokenizer, _ = common.build_tokenizer(config, workdir)
+  tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
   # One process evaluates on one device, as it always has; several need the policy on a mesh over
   # all of their devices.
   mesh = common.build_mesh(config) if jax.process_count() > 1 else None
-  report = evaluate_policy(config, common.build_policy(config, tokenizer, mesh), tokenizer, mesh)
+  report = evaluate_policy(config, common.build_policy(config, tokenizer, mesh), tokenizer, mesh, tokenizer_path)
   report["stage"] = settings
   if common.is_chief():
     evaluation.write_report(path, report)

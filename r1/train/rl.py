@@ -27,7 +27,7 @@ import numpy as np
 
 from r1 import evaluate as evaluation
 from r1 import grpo, metrics as metrics_lib, optim, sampling, sharding, train_step
-from r1.data import pipeline, templates
+from r1.data import pipeline
 from r1.rewards import reward_model as reward_model_lib
 from r1.train import common, rollout
 
@@ -73,7 +73,7 @@ def run(config, workdir: str) -> dict:
   """Trains config.total_steps GRPO steps in `workdir`; returns {"before": report, "after": report}."""
   os.makedirs(workdir, exist_ok=True)
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
-  template = templates.get_template(config.data.template)
+  template = common.prompt_template(config, tokenizer_path)
   stops = common.stop_tokens(config, tokenizer)
   mesh = common.build_mesh(config)
   policy = common.build_policy(config, tokenizer, mesh)

@@ -30,7 +30,6 @@ from absl import logging
 import numpy as np
 
 from r1 import evaluate as evaluation
-from r1.data import templates
 from r1.rewards import registry
 from r1.train import common
 
@@ -181,7 +180,7 @@ def run(config, workdir: str) -> dict:
   s = config.sample
   seed = int(s.get("seed", config.seed))
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
-  template = templates.get_template(config.data.template)
+  template = common.prompt_template(config, tokenizer_path)
   stops = common.stop_tokens(config, tokenizer)
   policy = common.build_policy(config, tokenizer)
   source_policy = common.init_description(config)

@@ -14,7 +14,7 @@ import jax
 
 from r1 import evaluate as evaluation
 from r1 import metrics as metrics_lib, optim, train_step
-from r1.data import pipeline, sources, tasks, templates
+from r1.data import pipeline, sources, tasks
 from r1.train import common, distill, rl
 
 
@@ -32,7 +32,7 @@ def run(config, workdir: str) -> dict:
   """Trains config.total_steps SFT steps in `workdir`; returns the final eval report ({} if none)."""
   os.makedirs(workdir, exist_ok=True)
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
-  template = templates.get_template(config.data.template, tokenizer_path=tokenizer_path)
+  template = common.prompt_template(config, tokenizer_path)
   mesh = common.build_mesh(config)
   policy = common.build_policy(config, tokenizer, mesh)
   mc = policy.config
