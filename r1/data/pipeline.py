@@ -241,8 +241,13 @@ class TokenizeSFT:
   truncate: bool = True
 
   def __call__(self, example: SFTExample) -> dict[str, np.ndarray] | None:
-    prompt = self.tokenizer.encode(self.template.render_prompt(example.prompt), add_bos=True)
-    response = self.tokenizer.encode(example.response, add_eos=True)
+    prompt_text, response_text = self.template.render_prompt(example.prompt), example.response
+    if prompt_text.rstrip().endswith("<think>") and response_text.lstrip().startswith("<think>"):
+      # The student's template opens the thinking block (R1-Distill's); a teacher sampled with a
+      # template that does not wrote its own `<think>`: train on one, not two.
+      response_text = response_text.lstrip()[len("<think>"):]
+    prompt = self.tokenizer.encode(prompt_text, add_bos=True)
+    response = self.tokenizer.encode(response_text, add_eos=True)
     tokens = np.asarray(prompt + response, np.int32)
     is_response = np.arange(len(tokens)) >= len(prompt)
     inputs, targets, loss_mask = tokens[:-1], tokens[1:], is_response[1:].astype(np.int32)

@@ -211,3 +211,15 @@ def test_bad_arguments(tiny_tokenizer):
   with pytest.raises(ValueError, match="data source is empty"):
     pipeline.rl_prompt_dataset([], tiny_tokenizer, TEMPLATE, batch_size=2, seed=0,
                                process_index=0, process_count=1)
+
+
+def test_sft_keeps_one_think_when_the_template_opens_it(tiny_tokenizer):
+  # R1-Distill's chat template ends the prompt in `<think>\n`; a teacher sampled with r1_zero /
+  # r1_chat wrote `<think>` itself. The row trains on one opening tag, the template's.
+  opens = templates.Template("opens_think", "<｜User｜>{prompt}<｜Assistant｜><think>\n")
+  example = sources.SFTExample("x", "What is 2 + 3?", " <think>2 + 3 = 5</think> <answer>5</answer>")
+  row = pipeline.TokenizeSFT(tiny_tokenizer, opens, 512)(example)
+  assert tiny_tokenizer.decode(row["targets"][row["loss_mask"] == 1]) == "2 + 3 = 5</think> <answer>5</answer>"
+  # A template that does not open it keeps the response as written.
+  row = pipeline.TokenizeSFT(tiny_tokenizer, TEMPLATE, 512)(example)
+  assert tiny_tokenizer.decode(row["targets"][row["loss_mask"] == 1]) == example.response
