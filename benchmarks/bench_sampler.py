@@ -3,6 +3,7 @@ expanded (per-head K/V) cache, on the same random small DeepSeek-V3 weights, in 
 
     python benchmarks/bench_sampler.py                  # the setting (2-core CPU: ~5 min)
     python benchmarks/bench_sampler.py --no_hf --long_context 0   # r1 only
+    python benchmarks/bench_sampler.py --model=small_qwen2 --long_context 0   # a dense GQA student
 
 Setting: small_v3 (4 layers, hidden 512, 8 routed experts top-2, vocab 32k), 8 prompts of 64
 tokens x G=8 samples x 128 new tokens, temperature 1, no early stop. The no-cache baseline
@@ -91,7 +92,8 @@ def hf_seconds(policy, prompts, args):
   torch.set_num_threads(os.cpu_count())
   with tempfile.TemporaryDirectory() as d:
     r1.save_hf_checkpoint(policy, d)
-    model = transformers.DeepseekV3ForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    # DeepseekV3ForCausalLM, or Qwen2 / Llama for a dense student (--model=small_qwen2).
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
   ids = torch.tensor(prompts)
 
   def run():

@@ -157,6 +157,11 @@ TINY_LLAMA3 = TINY_QWEN2.replace(
     rope_scaling=RopeScaling(rope_type="llama3", factor=4.0, original_max_position_embeddings=64,
                              low_freq_factor=1.0, high_freq_factor=4.0))
 
+# A dense student for benchmarks at small_v3's scale: 4 layers, hidden 512, GQA 8/2, vocab 32k.
+SMALL_QWEN2 = TINY_QWEN2.replace(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+                                 num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False,
+                                 max_position_embeddings=4096)
+
 _REGISTRY = {
     "deepseek_v3": DEEPSEEK_V3,
     "deepseek_v2_lite": DEEPSEEK_V2_LITE,
@@ -168,6 +173,7 @@ _REGISTRY = {
     "llama3_1_8b": LLAMA3_1_8B,
     "tiny_qwen2": TINY_QWEN2,
     "tiny_llama3": TINY_LLAMA3,
+    "small_qwen2": SMALL_QWEN2,
 }
 
 
