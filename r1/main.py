@@ -9,11 +9,11 @@ Multi-host (a TPU VM slice with several workers): every worker runs the same com
 jax.distributed.initialize() before anything touches the devices, which joins the hosts into one
 JAX job (on TPU VMs the coordinator, process count and id come from the TPU metadata; elsewhere
 from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Only process 0 writes to stdout;
-every process keeps stderr (warnings, tracebacks). The sft, grpo and eval stages run multi-host on
-a config.mesh over every process's devices: each process reads its own rows of every batch, the
-global batch being the one a single process would read (r1.data.pipeline), and process 0 writes
-the files; the workdir must be shared (orbax's multi-host checkpoints need that too). The `sample`
-stage still runs on one process only.
+every process keeps stderr (warnings, tracebacks). The sft, grpo, sample and eval stages (and
+pipelines of them) run multi-host on a config.mesh over every process's devices: each process
+reads its own rows of every batch, the global batch being the one a single process would read
+(r1.data.pipeline), and process 0 writes the files; the workdir must be shared (orbax's multi-host
+checkpoints need that too).
 """
 
 import glob

@@ -19,6 +19,12 @@ then exports the starting policy and tokenizer unchanged, so the pipeline's next
 The output is a deterministic function of the policy, the config and `config.sample.seed`. Fewer
 than `config.sample.min_kept` (default 1) kept samples is an error raised after the report is
 written and before the export, so the stage is not marked done.
+
+Multi-host: the policy is sharded over config.mesh (which must span every process's devices); each
+process samples its rows of every batch (r1.sharding.host_batch_rows), decodes and scores the
+completions of its own prompts (a prompt's k samples stay together, so duplicates and the
+per-prompt cap need no exchange), and the kept rows and counts are gathered in prompt order:
+process 0 writes the same files one process would.
 """
 
 import dataclasses
@@ -27,9 +33,12 @@ import os
 from collections.abc import Sequence
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from r1 import evaluate as evaluation
+from r1 import sharding
 from r1.rewards import registry
 from r1.train import common
 
@@ -130,29 +139,41 @@ def choose_prompts(source: Sequence, num_prompts: int, seed: int) -> list:
 
 def generate_completions(policy, tokenizer, template, examples: Sequence, *, k: int, batch_size: int,
                          max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                         stop_tokens: Sequence[int], seed: int) -> dict:
+                         stop_tokens: Sequence[int], seed: int, mesh=None) -> dict:
   """k completions per example, sampled `batch_size` prompts at a time with static shapes.
 
-  Returns {"texts": P lists of k strs (a final `</answer>` stop kept, eos dropped, as evaluation
-  decodes them), "lengths": int[P, k] generated tokens, "stopped": bool[P, k]}.
+  `mesh`: the policy's mesh (None: one device). With several processes each process decodes only
+  the prompts of its rows of every batch (r1.sharding.host_batch_rows), named by "prompt_indices".
+
+  Returns {"texts": P' lists of k strs (a final `</answer>` stop kept, eos dropped, as evaluation
+  decodes them), "lengths": int[P', k] generated tokens, "stopped": bool[P', k], "prompt_indices":
+  the P' indices into `examples` of those prompts, ascending (all P with one process)}.
   """
   prompts = [tokenizer.encode(template.render_prompt(ex.prompt), add_bos=True) for ex in examples]
-  texts, lengths, stopped = [], [], []
+  lo, hi = (0, batch_size) if jax.process_count() == 1 else sharding.host_batch_rows(batch_size, mesh)
+  texts, lengths, stopped, prompt_indices = [], [], [], []
   for chunk, start in enumerate(range(0, len(prompts), batch_size)):
     # One sampler call per chunk (the last one padded by `sample_completions`), each with its own
     # stream of the run's seed, so progress can be logged and the result does not depend on it.
     chunk_seed = int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint32)[0] >> 1)
     out = evaluation.sample_completions(policy, prompts[start:start + batch_size], k=k, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                        top_k=top_k, stop_tokens=stop_tokens, seed=chunk_seed)
-    for p in range(len(out["tokens"])):
+                                        top_k=top_k, stop_tokens=stop_tokens, seed=chunk_seed, mesh=mesh)
+    # This process's real prompts of the chunk (the padding rows of the last one are dropped).
+    own = np.arange(lo, min(hi, len(out["tokens"])))
+    for p in own:
       texts.append([tokenizer.decode(evaluation.completion_ids(out["tokens"][p, g], out["lengths"][p, g],
                                                                out["stopped"][p, g], stop_tokens, tokenizer))
                     for g in range(k)])
-    lengths.append(out["lengths"])
-    stopped.append(out["stopped"])
+    lengths.append(out["lengths"][own])
+    stopped.append(out["stopped"][own])
+    prompt_indices.extend(int(start + p) for p in own)
     logging.info("sample: %d / %d prompts", min(start + batch_size, len(prompts)), len(prompts))
-  return {"texts": texts, "lengths": np.concatenate(lengths), "stopped": np.concatenate(stopped)}
+  if not lengths:
+    return {"texts": [], "lengths": np.zeros((0, k), np.int32), "stopped": np.zeros((0, k), bool),
+            "prompt_indices": []}
+  return {"texts": texts, "lengths": np.concatenate(lengths), "stopped": np.concatenate(stopped),
+          "prompt_indices": prompt_indices}
 
 
 def sft_rows(kept: Sequence[KeptSample], examples: Sequence, lengths, *, source_policy: str,
@@ -164,6 +185,67 @@ def sft_rows(kept: Sequence[KeptSample], examples: Sequence, lengths, *, source_
            "gold": examples[s.prompt_index].gold, "rewards": s.rewards,
            "num_tokens": int(lengths[s.prompt_index, s.sample_index]), "source_policy": source_policy,
            "seed": seed} for s in kept]
+
+
+def merge_stats(parts: Sequence[dict]) -> dict:
+  """`select_samples` stats of disjoint sets of prompts (one per process), as those of their union.
+
+  Counts add; rates are recomputed from counts, so the result is the one `select_samples` gives
+  on all prompts at once, key order included (the report is written as is).
+  """
+  generated = sum(p["generated"] for p in parts)
+  kept = sum(p["kept"] for p in parts)
+  # A part's rate is its count / its size, correctly rounded: rate * size rounds back to the count.
+  passes = {name: sum(round(p["pass_rates"][name] * p["generated"]) for p in parts)
+            for name in parts[0]["pass_rates"]}
+  return {"prompts": sum(p["prompts"] for p in parts), "k": max(p["k"] for p in parts), "generated": generated,
+          "passed": sum(p["passed"] for p in parts), "duplicates": sum(p["duplicates"] for p in parts),
+          "over_cap": sum(p["over_cap"] for p in parts), "kept": kept,
+          "acceptance_rate": kept / generated if generated else 0.0,
+          "prompts_with_kept": sum(p["prompts_with_kept"] for p in parts),
+          "pass_rates": {name: count / generated if generated else 0.0 for name, count in passes.items()}}
+
+
+def _allgather_json(value) -> list:
+  """Every process's JSON-able `value`, in process order (a collective; [value] with one process)."""
+  if jax.process_count() == 1:
+    return [value]
+  data = np.frombuffer(json.dumps(value).encode("utf-8"), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(len(data))))
+  # process_allgather stacks equal shapes: pad every process's bytes to the longest.
+  blocks = np.asarray(multihost_utils.process_allgather(np.pad(data, (0, int(sizes.max()) - len(data)))))
+  return [json.loads(bytes(block[:size]).decode("utf-8")) for block, size in zip(blocks, sizes)]
+
+
+def gather_selection(rows: Sequence[dict], row_prompts: Sequence[int], stats: dict, lengths,
+                     prompt_indices: Sequence[int]) -> tuple[list[dict], dict, np.ndarray]:
+  """This process's selection merged with every other's (a collective; unchanged with one process).
+
+  Args:
+    rows: this process's kept SFT rows, in (prompt, sample) order; row_prompts: the global prompt
+      index of each. stats: `select_samples` stats of its prompts. lengths: int[P', k] generated
+      tokens of its prompts, whose global indices are `prompt_indices`.
+  Returns:
+    (every kept row in global (prompt, sample) order, merged stats, lengths int[P, k] of every
+    prompt in prompt order): what one process sampling all prompts computes.
+  """
+  lengths = np.asarray(lengths)
+  if jax.process_count() == 1:
+    return list(rows), stats, lengths
+  parts = _allgather_json({"rows": list(rows), "row_prompts": [int(p) for p in row_prompts], "stats": stats,
+                           "lengths": lengths.tolist(), "prompt_indices": [int(p) for p in prompt_indices]})
+  # Processes whose devices hold the same batch rows (a mesh whose batch axes do not span every
+  # process) sampled the same prompts: count them once.
+  unique = {}
+  for part in parts:
+    unique.setdefault(tuple(part["prompt_indices"]), part)
+  parts = list(unique.values())
+  kept = sorted(((p, row["sample_index"], row) for part in parts for p, row in zip(part["row_prompts"], part["rows"])),
+                key=lambda x: x[:2])
+  by_prompt = sorted((p, l) for part in parts for p, l in zip(part["prompt_indices"], part["lengths"]))
+  k = max(part["stats"]["k"] for part in parts)
+  all_lengths = np.asarray([l for _, l in by_prompt], lengths.dtype).reshape(len(by_prompt), k)
+  return [row for _, _, row in kept], merge_stats([part["stats"] for part in parts]), all_lengths
 
 
 def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
@@ -182,7 +264,10 @@ def run(config, workdir: str) -> dict:
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
   template = common.prompt_template(config, tokenizer_path)
   stops = common.stop_tokens(config, tokenizer)
-  policy = common.build_policy(config, tokenizer)
+  # config.mesh (None when it is one device): several processes must share one over all their
+  # devices; one process samples on one device, as it always has, unless the config gives a mesh.
+  mesh = common.build_mesh(config)
+  policy = common.build_policy(config, tokenizer, mesh)
   source_policy = common.init_description(config)
   min_language = s.get("min_language", None)
   max_per_prompt = s.get("max_per_prompt", None)
@@ -191,21 +276,27 @@ def run(config, workdir: str) -> dict:
   out = generate_completions(policy, tokenizer, template, examples, k=s.k, batch_size=s.batch_size,
                              max_new_tokens=s.get("max_new_tokens", config.rollout.max_new_tokens),
                              temperature=s.temperature, top_p=s.top_p, top_k=s.get("top_k", 0),
-                             stop_tokens=stops, seed=seed)
-  kept, stats = select_samples(examples, out["texts"], out["stopped"], min_language=min_language,
+                             stop_tokens=stops, seed=seed, mesh=mesh)
+  # Multi-host: this process's prompts only (all of them with one process).
+  own_examples = [examples[i] for i in out["prompt_indices"]]
+  kept, stats = select_samples(own_examples, out["texts"], out["stopped"], min_language=min_language,
                                language_target=s.get("language_target", "en"), max_per_prompt=max_per_prompt,
                                think_prefilled=template.render_prompt("").rstrip().endswith("<think>"))
-  rows = sft_rows(kept, examples, out["lengths"], source_policy=source_policy, seed=seed)
-  _write_jsonl(os.path.join(workdir, SFT_DATA_FILE), rows)
+  rows = sft_rows(kept, own_examples, out["lengths"], source_policy=source_policy, seed=seed)
+  rows, stats, lengths = gather_selection(rows, [out["prompt_indices"][x.prompt_index] for x in kept], stats,
+                                          out["lengths"], out["prompt_indices"])
+  if common.is_chief():
+    _write_jsonl(os.path.join(workdir, SFT_DATA_FILE), rows)
 
   kept_lengths = [row["num_tokens"] for row in rows]
   report = dict(stats, mean_length_kept=float(np.mean(kept_lengths)) if kept_lengths else None,
-                mean_length_generated=float(np.mean(out["lengths"])) if len(out["lengths"]) else 0.0,
+                mean_length_generated=float(np.mean(lengths)) if len(lengths) else 0.0,
                 source_policy=source_policy, seed=seed, data_file=SFT_DATA_FILE,
                 settings={"k": s.k, "num_prompts": s.num_prompts, "temperature": s.temperature, "top_p": s.top_p,
                           "top_k": s.get("top_k", 0), "batch_size": s.batch_size, "min_language": min_language,
                           "max_per_prompt": max_per_prompt, "stop_tokens": stops, "template": template.name})
-  evaluation.write_report(os.path.join(workdir, REPORT_FILE), report)
+  if common.is_chief():
+    evaluation.write_report(os.path.join(workdir, REPORT_FILE), report)
   print(f"sample: kept {stats['kept']} / {stats['generated']} ({stats['acceptance_rate']:.3f}) from "
         f"{stats['prompts']} prompts; pass rates " +
         ", ".join(f"{name} {rate:.3f}" for name, rate in stats["pass_rates"].items()))

@@ -108,3 +108,37 @@ def test_sft_and_grpo_stages_on_two_processes_agree_with_one(tmp_path):
   # The final evaluation ran on the two processes' mesh and was written once.
   with open(two / "grpo" / "eval_report.json") as f:
     assert json.load(f)["after"]["datasets"]["held_out"]["n_eval"] == 8
+
+
+def test_sample_stage_on_two_processes_agrees_with_one(tmp_path):
+  # 12 prompts in sampler batches of 8: the second batch's 4 real prompts are all process 0's rows,
+  # so process 1 filters none there (and pads). The random-init policy keeps nothing (min_kept=0),
+  # but stops within 32 tokens often enough that the report's counts and rates are informative.
+  flags = ["--config.stage=sample", "--config.sample.num_prompts=12", "--config.sample.k=4",
+           "--config.sample.batch_size=8", "--config.rollout.max_new_tokens=32", "--config.sample.min_kept=0"]
+  _main(tmp_path / "one", flags, 1)
+  _main(tmp_path / "two", flags, 2)
+  with open(tmp_path / "one" / "sample_report.json") as f:
+    report = json.load(f)
+  assert report["prompts"] == 12 and report["generated"] == 48
+  assert 0 < report["pass_rates"]["stopped"] < 1, report
+  # The same rows in the same order, and the same counts, rates and mean lengths: byte for byte.
+  for name in ("sft_data.jsonl", "sample_report.json"):
+    assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+  _assert_same_policy(tmp_path / "one", tmp_path / "two")  # Exported unchanged (the same init).
+
+
+def test_sample_selection_gathers_kept_rows_in_prompt_order(tmp_path):
+  # The random policy above keeps nothing; here scripted completions are kept on both processes.
+  from tests.multidevice import multiprocess_sample_gather as script  # pylint: disable=g-import-not-at-top
+  port = _free_port()
+  _run_together([[sys.executable, script.__file__, str(tmp_path), str(port), str(i), "2"] for i in range(2)],
+                [_env(1)] * 2)
+  rows, _, stats, lengths = script.scripted_selection(list(range(len(script.EXAMPLES))))
+  for i in range(2):
+    with open(tmp_path / f"process_{i}.json") as f:
+      got = json.load(f)
+    assert got["indices"] == ([0, 1, 4, 5] if i == 0 else [2, 3])  # Interleaved across the batches.
+    assert len(got["rows"]) == 12 and got["rows"] == rows
+    assert json.dumps(got["stats"]) == json.dumps(stats)
+    assert got["lengths"] == lengths.tolist()

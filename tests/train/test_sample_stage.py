@@ -130,6 +130,23 @@ def test_select_samples_applies_each_check_dedups_and_caps():
     sample.select_samples(examples, [completions[0]], stopped)
 
 
+def test_stats_of_per_process_prompts_merge_into_the_whole_sets():
+  # Multi-host: each process filters its own prompts; their merged stats are one process's, key
+  # order included (the report is written as is), also with a process that holds no prompt.
+  examples = [_example(12, "+", 30), _example(9, "-", 4), _example(40, "+", 2)]
+  completions = [arithmetic_script(ex.prompt) for ex in examples]
+  completions[1][6] = " <think>fine</think> <answer>5</answer>"
+  stopped = np.ones((3, 8), bool)
+  stopped[1:, 6] = False
+  options = {"min_language": 0.9, "max_per_prompt": 2}
+  _, whole = sample.select_samples(examples, completions, stopped, **options)
+  parts = [sample.select_samples(examples[a:b], completions[a:b], stopped[a:b], **options)[1]
+           for a, b in ((0, 1), (1, 3), (3, 3))]
+  merged = sample.merge_stats(parts)
+  assert json.dumps(merged) == json.dumps(whole)
+  assert merged["pass_rates"]["stopped"] == 22 / 24 and merged["kept"] == 6
+
+
 def test_stage_with_scripted_policy_writes_verified_sft_data(tmp_path, tokenizer_path, monkeypatch):
   config = stage_config(tokenizer_path)
   tokenizer, _ = common.build_tokenizer(config, str(tmp_path))
