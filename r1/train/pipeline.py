@@ -131,9 +131,10 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
     previous = stage_dir
   results["wall_seconds"] = time.time() - start
   total = sum(seconds.values())
-  with open(record_path, "w") as f:
-    json.dump({"stages": list(config.pipeline.stages), "stage_seconds": seconds, "wall_seconds": total}, f,
-              indent=2)
+  if common.is_chief():  # Multi-host: one writer (the workdir is shared); each process times alike.
+    with open(record_path, "w") as f:
+      json.dump({"stages": list(config.pipeline.stages), "stage_seconds": seconds, "wall_seconds": total}, f,
+                indent=2)
   grpo_dirs = [os.path.join(workdir, f"{i}_{name}") for i, name in enumerate(config.pipeline.stages)
                if name == "grpo"]
   summary = report.write(workdir, grpo_dirs[-1], wall_seconds=total,

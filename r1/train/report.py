@@ -37,6 +37,12 @@ def _machine() -> dict:
           "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
 
 
+def _writes_files() -> bool:
+  """Whether this process writes the files (process 0 of a multi-host job; the workdir is shared)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
 def summarize(eval_reports: dict, *, wall_seconds: float, dataset: str = "held_out", extra: dict | None = None
               ) -> dict:
   """The flat before/after summary of a GRPO stage's {"before": report, "after": report}.
@@ -106,7 +112,7 @@ def format_samples(eval_reports: dict, dataset: str = "held_out", per_problem: i
 def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | None = None) -> dict | None:
   """Writes report.json, results.md, samples.md and curves.png to `workdir` from the GRPO stage
   in `grpo_dir`; returns the summary, or None (writing nothing) when that stage did not evaluate
-  both its start and its end."""
+  both its start and its end. Multi-host: process 0 writes; every process returns the summary."""
   path = os.path.join(grpo_dir, "eval_report.json")
   if not os.path.exists(path):
     return None
@@ -115,6 +121,8 @@ def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | Non
   if not {"before", "after"} <= set(eval_reports):
     return None
   summary = summarize(eval_reports, wall_seconds=wall_seconds, extra=dict(extra or {}, grpo_stage=grpo_dir))
+  if not _writes_files():  # Multi-host: every process returns the summary, process 0 writes it.
+    return summary
   with open(os.path.join(workdir, REPORT_FILE), "w") as f:
     json.dump(summary, f, indent=2)
     f.write("\n")
@@ -166,6 +174,8 @@ def write_comparison(workdir: str, rows, *, dataset: str = "held_out") -> dict:
                      "pass@1_ci": r["pass@1_ci"], "cons@k": r["cons@k"], "pass@k": r["pass@k_max"],
                      "format_reward": r["format_rate"], "mean_length": r["mean_length"]})
   comparison = {"dataset": dataset, "n_eval": protocol[0], "k": protocol[1], "rows": out_rows}
+  if not _writes_files():
+    return comparison
   with open(os.path.join(workdir, COMPARISON_FILE), "w") as f:
     json.dump(comparison, f, indent=2)
     f.write("\n")
