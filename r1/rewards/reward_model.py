@@ -119,6 +119,8 @@ class RewardModel:
       tokens: int32[N, T]; any mix of left and right padding.
       positions: int32[N, T], default 0..T-1; segment_ids: int32[N, T], 0 on padding, default all 1.
       batch_size: rows per forward pass (the last chunk is padded, so one compile); 0: all at once.
+    Multi-host (a mesh over several processes): a collective; each process passes its own rows of
+    the global batch (as the GRPO stage holds them) and gets their rewards.
     """
     tokens = np.asarray(tokens, np.int32)
     if tokens.ndim != 2:
@@ -127,15 +129,45 @@ class RewardModel:
     positions = np.broadcast_to(np.arange(t, dtype=np.int32), (n, t)) if positions is None else positions
     segment_ids = np.ones((n, t), np.int32) if segment_ids is None else segment_ids
     positions, segment_ids = np.asarray(positions, np.int32), np.asarray(segment_ids, np.int32)
-    chunk = batch_size if 0 < batch_size < n else n
+    if self.mesh is not None and jax.process_count() > 1:
+      raw = self._score_host_rows(tokens, positions, segment_ids, batch_size)
+    else:
+      chunk = batch_size if 0 < batch_size < n else n
+      fn = _score_fn(self.config)
+      out = []
+      with sharding.mesh_context(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+        for start in range(0, n, chunk):
+          args = [_rows(a[start:start + chunk], chunk) for a in (tokens, positions, segment_ids)]
+          out.append(np.asarray(fn(self.variables, *args)))
+      raw = np.concatenate(out)[:n]
+    return ((raw - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32)
+
+  def _score_host_rows(self, tokens: np.ndarray, positions: np.ndarray, segment_ids: np.ndarray,
+                       batch_size: int) -> np.ndarray:
+    """Raw scores f32[N] of this process's rows when several processes share the mesh (a
+    collective: every process calls it at once, each with its own rows of a global batch).
+
+    Every process pads its rows to the same [N_max, T_max] (more rows repeat its last one; more
+    columns are right padding, segment 0, which the score ignores), so each chunk is one global
+    batch, its rows placed where this process's devices hold them (sharding.place_host_batch) and
+    read back from there (sharding.host_local_rows).
+    """
+    n, t = tokens.shape
+    rows, width = sharding.max_over_processes(n), sharding.max_over_processes(t)
+    pad = ((0, 0), (0, width - t))
+    tokens, positions, segment_ids = (np.pad(a, pad) for a in (tokens, positions, segment_ids))
+    chunk = batch_size if 0 < batch_size < rows else rows
     fn = _score_fn(self.config)
     out = []
-    with sharding.mesh_context(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      for start in range(0, n, chunk):
-        args = [_rows(a[start:start + chunk], chunk) for a in (tokens, positions, segment_ids)]
-        out.append(np.asarray(fn(self.variables, *args)))
-    raw = np.concatenate(out)[:n]
-    return ((raw - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32)
+    with sharding.mesh_context(self.mesh):
+      for start in range(0, rows, chunk):
+        # A process with fewer rows than the widest repeats its last one (or has no real row left).
+        local = {name: _rows(a[start:start + chunk] if start < n else a[-1:], chunk)
+                 for name, a in (("tokens", tokens), ("positions", positions), ("segment_ids", segment_ids))}
+        placed = sharding.place_host_batch(local, self.mesh)
+        out.append(sharding.host_local_rows(fn(self.variables, placed["tokens"], placed["positions"],
+                                               placed["segment_ids"]), self.mesh))
+    return np.concatenate(out)[:n]
 
   def score_batch(self, batch: dict, *, batch_size: int = 0) -> np.ndarray:
     """Rewards f32[N] of a batch dict with "tokens", "positions", "segment_ids" [N, T] (grpo_batch's)."""

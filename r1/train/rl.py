@@ -106,9 +106,6 @@ def run(config, workdir: str) -> dict:
   # R1 2.3.4: a model-based reward on top of the rules ("RL for all scenarios"); None: rules only.
   reward_model = reward_model_lib.from_stage_config(config, mc, mesh)
   rm_config = config.get("reward_model") or {}
-  if reward_model is not None and jax.process_count() > 1:
-    raise NotImplementedError("config.reward_model with several processes: RewardModel.score_batch places whole "
-                              "batches (jax.device_put); it needs per-process placement (sharding.place_host_batch)")
 
   ckpt, state, start, writer = common.resume(config, workdir, state, batches)
   progress = metrics_lib.Progress(config.total_steps, every_seconds=config.log.progress_seconds)
@@ -160,7 +157,9 @@ def run(config, workdir: str) -> dict:
                                               drop_final=[tokenizer.eos_id])
     rnd["total"], rnd["components"] = rollout.score(config.rewards, rnd["texts"], rnd["examples"], g)
     if reward_model is not None:
-      rm_scores = rollout.reward_model_scores(reward_model, *sampling.pad_prompts(prompts), rnd["completions"],
+      # Multi-host: a collective over this process's rows, laid out as one process would lay out
+      # the global batch (the widest process's prompt bucket).
+      rm_scores = rollout.reward_model_scores(reward_model, *pad_host_prompts(prompts), rnd["completions"],
                                               rnd["mask"], g, batch_size=rm_config.get("batch_size", 0))
       rnd["components"]["reward_model"] = rm_scores
       rnd["total"] = rnd["total"] + np.float32(rm_config.get("weight", 0.0)) * rm_scores

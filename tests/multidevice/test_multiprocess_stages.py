@@ -142,3 +142,33 @@ def test_sample_selection_gathers_kept_rows_in_prompt_order(tmp_path):
     assert len(got["rows"]) == 12 and got["rows"] == rows
     assert json.dumps(got["stats"]) == json.dumps(stats)
     assert got["lengths"] == lengths.tolist()
+
+
+def test_reward_model_scores_each_process_rows_as_one_process_does(tmp_path):
+  # The GRPO stage's reward model on two processes: each scores its own rows (narrower on process
+  # 0), placed as its rows of one global batch; the scores match one 8-device process's.
+  import jax  # pylint: disable=g-import-not-at-top
+  from r1.model import get_model_config  # pylint: disable=g-import-not-at-top
+  from r1.rewards import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
+  script = os.path.join(os.path.dirname(__file__), "multiprocess_reward_model.py")
+  rm_dir, one, two = tmp_path / "rm", tmp_path / "one", tmp_path / "two"
+  rm_lib.save_reward_model(rm_lib.init_reward_model(get_model_config("tiny_v3", num_hidden_layers=2),
+                                                    jax.random.key(0)), str(rm_dir))
+  one.mkdir()
+  two.mkdir()
+  proc = subprocess.run([sys.executable, script, str(rm_dir), str(one)], cwd=ROOT, env=_env(8), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  port = _free_port()
+  _run_together([[sys.executable, script, str(rm_dir), str(two), str(port), str(i), "2"] for i in range(2)],
+                [_env(4)] * 2)
+  with open(one / "process_0.json") as f:
+    expected = np.asarray(json.load(f)["scores"])
+  parts = []
+  for i in range(2):
+    with open(two / f"process_{i}.json") as f:
+      parts.append(json.load(f))
+  assert [p["rows"] for p in parts] == [[0, 8], [8, 16]] and parts[0]["width"] < parts[1]["width"], parts
+  got = np.concatenate([p["scores"] for p in parts])
+  assert expected.shape == (16,) and expected.std() > 1e-4  # A random head: every sequence its own score.
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
