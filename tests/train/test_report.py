@@ -81,3 +81,19 @@ def test_comparison_puts_stages_side_by_side_and_checks_the_protocol(tmp_path):
     report.write_comparison(str(tmp_path), rows)
   with pytest.raises(FileNotFoundError, match="did not evaluate"):
     report.write_comparison(str(tmp_path), [("x", str(tmp_path / "5_grpo"), "after")])
+
+
+def test_processes_other_than_0_return_the_reports_but_write_nothing(tmp_path, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  grpo = tmp_path / "1_grpo"
+  grpo.mkdir()
+  (grpo / "eval_report.json").write_text(json.dumps(
+      {"before": _eval_report(0.25, 0.3, 0.9), "after": _eval_report(0.5, 0.6, 1.0)}))
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  summary = report.write(str(tmp_path), str(grpo), wall_seconds=1.0)
+  comparison = report.write_comparison(str(tmp_path), [("after", str(grpo), "after")])
+  assert summary["pass@1_after"] == 0.5 and comparison["rows"][0]["pass@1"] == 0.5
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["1_grpo"]        # nothing written beside the stage
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  report.write_comparison(str(tmp_path), [("after", str(grpo), "after")])
+  assert (tmp_path / "comparison.md").exists()
