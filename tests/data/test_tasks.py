@@ -153,3 +153,15 @@ def test_bad_knobs_and_names():
     tasks.make_task("sudoku")
   with pytest.raises(ValueError, match="no synthetic verifier 'math'"):
     tasks.get_verifier("math")
+
+
+def test_addition_working_errors_see_false_columns_and_dropped_carries():
+  from r1.data.tasks import arithmetic  # pylint: disable=g-import-not-at-top
+  right = arithmetic.column_addition(58, 67)
+  assert arithmetic.addition_working_errors(right) == {"false_columns": 0, "dropped_carries": 0}
+  # The cold-start slip: the carry is forgotten, every line's sum stays true.
+  slip = arithmetic.column_addition(58, 67, forget={1})
+  assert arithmetic.addition_working_errors(slip) == {"false_columns": 0, "dropped_carries": 1}
+  # GRPO's shortcut: the carry is added to the total but written as 0.
+  shortcut = right.replace("5 + 6 + 1 = 12", "5 + 6 + 0 = 12")
+  assert arithmetic.addition_working_errors(shortcut) == {"false_columns": 1, "dropped_carries": 1}

@@ -12,6 +12,7 @@ cannot tell the slips from the rest, a verifiable reward can (the tiny R1-Zero r
 """
 
 import dataclasses
+import re
 import zlib
 
 import numpy as np
@@ -131,6 +132,22 @@ def column_addition(a: int, b: int, forget: set[int] = frozenset()) -> str:
   result = sum(d * 10 ** i for i, d in enumerate(digits))
   lines.append(f"so {a} + {b} = {result}")
   return "\n".join(lines)
+
+
+_COLUMN_SUM = re.compile(r"(\d+) \+ (\d+) \+ (\d+) = (\d+)")
+_CARRY_HANDOVER = re.compile(r"carry (\d+)\n[\w^]+: \d+ \+ \d+ \+ (\d+)")
+
+
+def addition_working_errors(completion: str) -> dict[str, int]:
+  """What is wrong in a completion's column-addition working (the format of `column_addition`).
+
+  Returns {"false_columns": lines `x + y + c = t` whose sum is false (e.g. `2 + 5 + 0 = 8`: a carry
+  added but not written), "dropped_carries": a column's `carry k` not the carry added in the next
+  column}. Both 0 for correct working, whatever the final answer; an outcome reward sees neither.
+  """
+  false_columns = sum(int(x) + int(y) + int(c) != int(t) for x, y, c, t in _COLUMN_SUM.findall(completion))
+  dropped = sum(out != into for out, into in _CARRY_HANDOVER.findall(completion))
+  return {"false_columns": false_columns, "dropped_carries": dropped}
 
 
 def column_subtraction(a: int, b: int, forget: set[int] = frozenset()) -> str:
