@@ -5,7 +5,7 @@ configs/tiny_r1_zero.py (R1's protocol: k=4 at T=0.6 / top-p 0.95, the GRPO stag
 and counts, with r1.data.tasks.arithmetic.addition_working_errors, the correct completions whose
 working has a false column (`2 + 5 + 0 = 8`) or a carry not carried: the README's last column.
 
-  python experiments/arithmetic_working.py /tmp/distill_tiny/1_grpo /tmp/distill_tiny/5_grpo ...
+  python -m r1.tools.arithmetic_working /tmp/distill_tiny/1_grpo /tmp/distill_tiny/5_grpo ...
 
 Each argument is a stage workdir holding policy/ and tokenizer/.
 """
@@ -13,16 +13,14 @@ Each argument is a stage workdir holding policy/ and tokenizer/.
 import argparse
 import importlib.util
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import r1
+from r1 import evaluate
+from r1.data.tasks import arithmetic
+from r1.tokenizer import load_tokenizer
+from r1.train import common
 
-import r1  # noqa: E402
-from r1 import evaluate  # noqa: E402
-from r1.data.tasks import arithmetic  # noqa: E402
-from r1.tokenizer import load_tokenizer  # noqa: E402
-from r1.train import common  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _tiny_config():
