@@ -82,7 +82,7 @@ def build_tokenizer(config, workdir: str):
   if path:
     return load_tokenizer(path), path
   target = os.path.join(workdir, TOKENIZER_DIR, "tokenizer.model")
-  if jax.process_index() == 0 and not os.path.exists(target):
+  if is_chief() and not os.path.exists(target):
     template = templates.get_template(config.data.template)
     task = make_task(config.data)
     corpus = []

@@ -17,6 +17,8 @@ import os
 import platform
 import shutil
 
+from r1.train import common
+
 REPORT_FILE = "report.json"
 COMPARISON_FILE = "comparison.json"
 COMPARISON_TABLE_FILE = "comparison.md"
@@ -37,10 +39,14 @@ def _machine() -> dict:
           "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
 
 
-def _writes_files() -> bool:
-  """Whether this process writes the files (process 0 of a multi-host job; the workdir is shared)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index() == 0
+def _write_texts(workdir: str, texts: dict[str, str]) -> None:
+  """Writes each text, newline-terminated, to <workdir>/<name>, on the writing process only
+  (common.is_chief: multi-host jobs share the workdir)."""
+  if not common.is_chief():
+    return
+  for name, text in texts.items():
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(text + "\n")
 
 
 def summarize(eval_reports: dict, *, wall_seconds: float, dataset: str = "held_out", extra: dict | None = None
@@ -121,17 +127,11 @@ def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | Non
   if not {"before", "after"} <= set(eval_reports):
     return None
   summary = summarize(eval_reports, wall_seconds=wall_seconds, extra=dict(extra or {}, grpo_stage=grpo_dir))
-  if not _writes_files():  # Multi-host: every process returns the summary, process 0 writes it.
-    return summary
-  with open(os.path.join(workdir, REPORT_FILE), "w") as f:
-    json.dump(summary, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(workdir, TABLE_FILE), "w") as f:
-    f.write(format_table(summary) + "\n")
-  with open(os.path.join(workdir, SAMPLES_FILE), "w") as f:
-    f.write(format_samples(eval_reports) + "\n")
+  # Multi-host: every process returns the summary, process 0 writes it.
+  _write_texts(workdir, {REPORT_FILE: json.dumps(summary, indent=2), TABLE_FILE: format_table(summary),
+                         SAMPLES_FILE: format_samples(eval_reports)})
   curves = os.path.join(grpo_dir, CURVES_FILE)
-  if os.path.exists(curves):
+  if common.is_chief() and os.path.exists(curves):
     shutil.copyfile(curves, os.path.join(workdir, CURVES_FILE))
   return summary
 
@@ -174,13 +174,8 @@ def write_comparison(workdir: str, rows, *, dataset: str = "held_out") -> dict:
                      "pass@1_ci": r["pass@1_ci"], "cons@k": r["cons@k"], "pass@k": r["pass@k_max"],
                      "format_reward": r["format_rate"], "mean_length": r["mean_length"]})
   comparison = {"dataset": dataset, "n_eval": protocol[0], "k": protocol[1], "rows": out_rows}
-  if not _writes_files():
-    return comparison
-  with open(os.path.join(workdir, COMPARISON_FILE), "w") as f:
-    json.dump(comparison, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(workdir, COMPARISON_TABLE_FILE), "w") as f:
-    f.write(format_comparison(comparison) + "\n")
+  _write_texts(workdir, {COMPARISON_FILE: json.dumps(comparison, indent=2),
+                         COMPARISON_TABLE_FILE: format_comparison(comparison)})
   return comparison
 
 
