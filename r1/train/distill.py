@@ -17,11 +17,9 @@ import json
 import os
 
 from absl import logging
-import jax
 import ml_collections
 
 import r1
-from r1 import train_step
 from r1.model import ModelConfig
 from r1.tokenizer import Tokenizer, load_tokenizer
 
@@ -70,7 +68,7 @@ def load_teacher(config, student_config: ModelConfig, tokenizer: Tokenizer | Non
 
   Checks, before reading any weights, that the teacher's config.json has the student's vocab_size
   and that its tokenizer (if it ships one) encodes like `tokenizer`. With a mesh the variables are
-  placed as a policy's (train_step.teacher_shardings).
+  loaded straight into a policy's sharding (train_step.teacher_shardings).
   """
   if not enabled(config):
     return None
@@ -86,11 +84,10 @@ def load_teacher(config, student_config: ModelConfig, tokenizer: Tokenizer | Non
     raise ValueError(f"sft.distill.teacher_dir={teacher_dir!r}: teacher vocab_size {teacher_vocab} != student "
                      f"vocab_size {student_config.vocab_size}; logit distillation needs one vocabulary")
   _check_tokenizers(teacher_dir, tokenizer)
-  # The teacher's MTP modules are never run: it only scores the next token.
+  # The teacher's MTP modules are never run: it only scores the next token. With a mesh the loader
+  # places each tensor with a policy's sharding (train_step.teacher_shardings: the same rules).
   teacher = r1.load_hf_checkpoint(teacher_dir, d.get("dtype", None) or student_config.dtype, mesh=mesh,
                                   load_mtp=False)
-  if mesh is not None:
-    teacher.variables = jax.device_put(teacher.variables, train_step.teacher_shardings(teacher.config, mesh))
   logging.info("distillation teacher %s: %s, weight %s, temperature %s", teacher_dir,
                teacher.config.architecture, d["weight"], d.get("temperature", 1.0))
   return teacher
