@@ -310,7 +310,7 @@ def evaluate(policy, tokenizer, template, examples, *, k: int = 4, temperature: 
     template = templates_lib.get_template(template)
   datasets = examples if isinstance(examples, Mapping) else {dataset_name: examples}
   stop_tokens = [tokenizer.eos_id] if stop_tokens is None else [int(t) for t in stop_tokens]
-  think_prefilled = template.render_prompt("").rstrip().endswith("<think>")
+  think_prefilled = template.opens_think
   config = {"k": k, "temperature": temperature, "top_p": top_p, "top_k": top_k,
             "max_new_tokens": max_new_tokens, "batch_size": batch_size, "stop_tokens": stop_tokens,
             "seed": seed, "template": template.name}

@@ -242,7 +242,7 @@ class TokenizeSFT:
 
   def __call__(self, example: SFTExample) -> dict[str, np.ndarray] | None:
     prompt_text, response_text = self.template.render_prompt(example.prompt), example.response
-    if prompt_text.rstrip().endswith("<think>") and response_text.lstrip().startswith("<think>"):
+    if self.template.opens_think and response_text.lstrip().startswith("<think>"):
       # The student's template opens the thinking block (R1-Distill's); a teacher sampled with a
       # template that does not wrote its own `<think>`: train on one, not two.
       response_text = response_text.lstrip()[len("<think>"):]

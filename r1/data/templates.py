@@ -52,6 +52,12 @@ class Template:
   def render_response(self, reasoning: str, answer: str) -> str:
     return self.response_format.replace("{reasoning}", reasoning).replace("{answer}", answer)
 
+  @property
+  def opens_think(self) -> bool:
+    """The prompt ends by opening the thinking block (`<think>`, as R1-Zero's and R1-Distill's do),
+    so a completion starts inside it: format checks and SFT responses must not expect another."""
+    return self.render_prompt("").rstrip().endswith("<think>")
+
 
 TEMPLATES = {
     "r1_zero": Template("r1_zero", R1_ZERO_TEMPLATE),
@@ -202,7 +208,7 @@ def hf_chat_template(tokenizer_path: str) -> Template:
     prefix = prefix[len(bos):]
   if "{prompt}" in prefix + suffix:
     raise ValueError(f"{tokenizer_path}: the chat template renders a literal '{{prompt}}' around the question")
-  think_opened = suffix.rstrip().endswith("<think>")
-  response = ("{reasoning}\n</think>\n<answer>{answer}</answer>" if think_opened
+  template = Template(HF_CHAT, prefix + "{prompt}" + suffix)
+  response = ("{reasoning}\n</think>\n<answer>{answer}</answer>" if template.opens_think
               else "<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>")
-  return Template(HF_CHAT, prefix + "{prompt}" + suffix, response_format=response)
+  return dataclasses.replace(template, response_format=response)

@@ -281,7 +281,7 @@ def run(config, workdir: str) -> dict:
   own_examples = [examples[i] for i in out["prompt_indices"]]
   kept, stats = select_samples(own_examples, out["texts"], out["stopped"], min_language=min_language,
                                language_target=s.get("language_target", "en"), max_per_prompt=max_per_prompt,
-                               think_prefilled=template.render_prompt("").rstrip().endswith("<think>"))
+                               think_prefilled=template.opens_think)
   rows = sft_rows(kept, own_examples, out["lengths"], source_policy=source_policy, seed=seed)
   rows, stats, lengths = gather_selection(rows, [out["prompt_indices"][x.prompt_index] for x in kept], stats,
                                           out["lengths"], out["prompt_indices"])

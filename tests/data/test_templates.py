@@ -110,7 +110,9 @@ def test_hf_chat_r1_distill_drops_bos_and_opens_think(tmp_path):
   # The pipeline adds the bos id, so the template's own bos text is not part of the prompt.
   assert t.render_prompt("Hi {x}?") == "<｜User｜>Hi {x}?<｜Assistant｜><think>\n"
   # The prompt already opened the reasoning block: worked solutions continue inside it.
+  assert t.opens_think
   assert t.render_response("r", "a") == "r\n</think>\n<answer>a</answer>"
+  assert not any(templates.get_template(n).opens_think for n in ("r1_zero", "r1_chat", "plain"))
 
 
 def test_hf_chat_reads_chat_template_jinja_and_named_lists(tmp_path):
