@@ -245,11 +245,17 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict:
     s = c.rope_scaling
     if s.rope_type != "yarn":
       raise CheckpointError(f"export: DeepSeek checkpoints spell only YaRN rope scaling, not {s.rope_type!r}")
-    hf["rope_scaling"] = {"type": "yarn", "factor": s.factor,
-                          "original_max_position_embeddings": s.original_max_position_embeddings,
-                          "beta_fast": s.beta_fast, "beta_slow": s.beta_slow, "mscale": s.mscale,
-                          "mscale_all_dim": s.mscale_all_dim}
+    hf["rope_scaling"] = _rope_scaling_to_hf(s, "type")
   return hf
+
+
+def _rope_scaling_to_hf(s: RopeScaling, type_key: str) -> dict:
+  """`rope_scaling` as config.json spells it; type_key: "type" (DeepSeek's published configs) or
+  "rope_type" (Qwen2 / Llama)."""
+  fields = (("low_freq_factor", "high_freq_factor") if s.rope_type == "llama3"
+            else ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"))
+  return {type_key: s.rope_type, "factor": s.factor,
+          "original_max_position_embeddings": s.original_max_position_embeddings, **{f: getattr(s, f) for f in fields}}
 
 
 def _dense_config_to_hf(c: ModelConfig, dtype: str) -> dict:
@@ -271,16 +277,8 @@ def _dense_config_to_hf(c: ModelConfig, dtype: str) -> dict:
     hf["use_sliding_window"] = False
   else:
     hf.update(attention_bias=False, mlp_bias=False)
-  s = c.rope_scaling
-  if s is not None and s.rope_type == "llama3":
-    hf["rope_scaling"] = {"rope_type": "llama3", "factor": s.factor,
-                          "original_max_position_embeddings": s.original_max_position_embeddings,
-                          "low_freq_factor": s.low_freq_factor, "high_freq_factor": s.high_freq_factor}
-  elif s is not None:
-    hf["rope_scaling"] = {"rope_type": "yarn", "factor": s.factor,
-                          "original_max_position_embeddings": s.original_max_position_embeddings,
-                          "beta_fast": s.beta_fast, "beta_slow": s.beta_slow, "mscale": s.mscale,
-                          "mscale_all_dim": s.mscale_all_dim}
+  if c.rope_scaling is not None:
+    hf["rope_scaling"] = _rope_scaling_to_hf(c.rope_scaling, "rope_type")
   return hf
 
 
