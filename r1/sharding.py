@@ -236,21 +236,27 @@ def max_over_processes(value: int) -> int:
   return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
-def place_host_prompts(tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, rules=TRAIN_RULES):
-  """This process's left-padded prompts as global arrays split over the batch axes.
+def pad_to_widest_process(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads this process's prompts tokens int32[B_host, T_host] / mask bool[B_host, T_host] to
+  the widest process's T (a collective; unchanged with one process): each process padded to the
+  bucket of its own longest prompt, and a global batch has one width, the bucket one process
+  holding every prompt would have chosen."""
+  tokens, mask = np.asarray(tokens), np.asarray(mask)
+  pad = ((0, 0), (max_over_processes(tokens.shape[1]) - tokens.shape[1], 0))
+  return (np.pad(tokens, pad), np.pad(mask, pad)) if pad[1][0] else (tokens, mask)
 
-  Each process padded its rows to the bucket of its own longest prompt; a global array has one
-  width, so every process first left-pads to the widest process's (the bucket one process holding
-  the whole batch would have chosen).
+
+def place_host_prompts(tokens: np.ndarray, mask: np.ndarray, mesh: Mesh, rules=TRAIN_RULES):
+  """This process's left-padded prompts as global arrays split over the batch axes, at the widest
+  process's width (pad_to_widest_process).
 
   Args:
     tokens: int32[B_host, T_host], 0 on the left padding; mask: bool[B_host, T_host].
   Returns:
     (tokens int32[B, T], mask bool[B, T]) with B = the processes' rows, T = max T_host.
   """
-  tokens, mask = np.asarray(tokens), np.asarray(mask)
-  pad = ((0, 0), (max_over_processes(tokens.shape[1]) - tokens.shape[1], 0))
-  placed = place_host_batch({"tokens": np.pad(tokens, pad), "mask": np.pad(mask, pad)}, mesh, rules)
+  tokens, mask = pad_to_widest_process(tokens, mask)
+  placed = place_host_batch({"tokens": tokens, "mask": mask}, mesh, rules)
   return placed["tokens"], placed["mask"]
 
 

@@ -54,9 +54,7 @@ def run_eval(config, policy, tokenizer, template, examples, stops, name: str, me
 def pad_host_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
   """sampling.pad_prompts of this process's prompts, at the width of the global batch: the widest
   process's bucket (with one process, sampling.pad_prompts itself)."""
-  tokens, mask = sampling.pad_prompts(prompts)
-  pad = ((0, 0), (sharding.max_over_processes(tokens.shape[1]) - tokens.shape[1], 0))
-  return (np.pad(tokens, pad), np.pad(mask, pad)) if pad[1][0] else (tokens, mask)
+  return sharding.pad_to_widest_process(*sampling.pad_prompts(prompts))
 
 
 def eval_scalars(report: dict, prefix: str = "eval/") -> dict[str, float]:
