@@ -19,6 +19,10 @@ setuptools.setup(
         # sympy's LaTeX parser is the antlr4 one; its generated parser needs exactly the 4.11 runtime.
         "sympy>=1.13",
         "antlr4-python3-runtime==4.11.*",
+        # The field's answer grader (TRL, open-r1), run beside r1's own in the sympy workers. Pinned:
+        # its verdicts are the reward. Its latex2sympy2_extended ships parsers for antlr 4.9.3, 4.11
+        # and 4.13.2 and loads the one installed, so the 4.11 runtime above serves both parsers.
+        "math-verify==0.9.0",
         "absl-py>=2.1.0",
         "ml-collections>=1.0.0",
         "tensorboardX>=2.6.2",

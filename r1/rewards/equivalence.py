@@ -18,7 +18,7 @@ import re
 
 from r1.rewards import latex
 
-REL_TOL = 1e-6
+REL_TOL = Fraction(1, 10**6)  # Exact: a float tolerance turned `10^{400}` into an OverflowError.
 _MAX_EXPONENT = 400  # 10**400 is cheap; a bigger literal exponent goes to the timed sympy path.
 
 _DEC = r"(?:\d+(?:\.\d*)?|\.\d+)"
@@ -82,7 +82,7 @@ def _close(a: Fraction, b: Fraction, exact: bool) -> bool:
     return True
   if exact:
     return False
-  return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+  return abs(a - b) <= REL_TOL * max(abs(a), abs(b))  # Fractions throughout: no float overflow.
 
 
 def numbers_equal(a: tuple[Fraction, bool, bool], b: tuple[Fraction, bool, bool]) -> bool:

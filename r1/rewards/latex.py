@@ -130,11 +130,36 @@ _UNITS = (
     r"|pounds?|ounces?|oz|seconds?|secs?|s|minutes?|mins?|hours?|hrs?|h|days?|weeks?|months?|years?"
     r"|dollars?|cents?|liters?|litres?|l|ml|gallons?|cups?|points?|people|persons?|students?"
     r"|marbles?|apples?|books?|pages?|cookies?|eggs?|times|ways|items?|percent")
-_TRAILING_UNIT = re.compile(
-    r"(?<=[\d}).])(?:\s+(?:square|sq\.?|cubic)?\s*(?:" + _UNITS + r")(?:\s*\^\s*\{?[23]\}?)?\.?)+\s*$",
-    re.IGNORECASE)
+# Trailing units are stripped word by word (`_strip_trailing_units`), never by one regex over the
+# tail: `(?:\s+(?:square)?\s*unit)+\s*$` backtracks exponentially ("12" + " square units" * 19
+# took 4 s, each repeat doubling it). These patterns only ever fullmatch one short token.
+_UNIT_WORD = re.compile(r"(?:square|sq\.?|cubic)?(?:" + _UNITS + r")(?:\^\{?[23]\}?)?\.?", re.IGNORECASE)
+_UNIT_MODIFIER = re.compile(r"(?:square|sq\.?|cubic|\^\{?[23]\}?\.?)", re.IGNORECASE)
+_MAX_UNIT_WORDS = 8
 _VAR_EQUALS = re.compile(r"^\s*(?:[a-zA-Z](?:_\{?\w+\}?)?|\\[a-zA-Z]+)\s*(?:=|\\in(?![a-zA-Z]))(?!=)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
+
+
+def _strip_trailing_units(s: str) -> str:
+  """`12 square units` -> `12`, `5 cm^2` -> `5`: drops up to 8 trailing unit words after a number.
+
+  Linear: one pass over the whitespace-separated words, each matched alone (at most 20 chars).
+  """
+  words = [(m.start(), m.group(0)) for m in re.finditer(r"\S+", s)]
+  cut, seen_unit = len(words), False
+  while cut > 0 and len(words) - cut < _MAX_UNIT_WORDS:
+    word = words[cut - 1][1]
+    if len(word) > 20:
+      break
+    if _UNIT_WORD.fullmatch(word):
+      seen_unit = True
+    elif not _UNIT_MODIFIER.fullmatch(word):
+      break
+    cut -= 1
+  if not seen_unit or cut == 0 or cut == len(words):
+    return s.strip()
+  head = s[:words[cut][0]].rstrip()
+  return head if head[-1] in "0123456789}.)" else s.strip()
 
 
 def _canonical_args(s: str, cmd: str, nargs: int) -> str:
@@ -215,7 +240,7 @@ def normalize(answer: str) -> str | None:
   s = s.replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
   s = s.strip()
   for _ in range(2):
-    s = _TRAILING_UNIT.sub("", s).strip()
+    s = _strip_trailing_units(s)
     s = s.rstrip(".;").strip()
   if "=" in s or "\\in" in s:
     s = _VAR_EQUALS.sub("", s, count=1) if s.count("=") <= 1 else s

@@ -7,10 +7,14 @@
 Equivalence, in order of cost (see equivalence.py for the numeric policy):
   1. exact string after `latex.normalize`;
   2. numbers (integers, decimals, fractions, scientific notation, percentages) and answer
-     structure (tuples, intervals, sets, lists, matrices) without sympy, in this process;
-  3. sympy (`symbolic.py`: LaTeX -> sympy, simplify(a - b) == 0 or a.equals(b)) in a worker
-     process with a hard timeout (`workers.py`), only for pairs steps 1-2 cannot decide.
+     structure (tuples, intervals, sets, lists, matrices) without sympy, in this process; a True
+     here is final, and so is a False between two plain numbers;
+  3. in a worker process with a hard timeout (`workers.py`), for every other pair: sympy
+     (`symbolic.py`: LaTeX -> sympy, simplify(a - b) == 0 or a.equals(b)), then the field's grader,
+     math-verify (`math_verify_grader.py`), on the raw answer text; equal if either says so.
 A timeout, a parser error or any malformed input is "not equal": never an exception, never a hang.
+No value is equal to everything: numbers are compared exactly or by mpmath at 30 digits, never
+through floats that overflow to inf (`10^{10^{10}}`) or underflow to 0 (`10^{-400}`).
 """
 
 import os
@@ -52,50 +56,81 @@ def extract_answer(completion: str) -> str | None:
   return latex.extract_answer(completion)
 
 
-def _prepare(completion: str, gold: str) -> tuple[str, str] | None:
-  """Normalised (pred, gold), or None when either side has no gradable answer."""
+def answer_text(completion: str) -> str:
+  """What math-verify reads: the last `<answer>` block's content, else the whole completion."""
+  start = completion.rfind("<answer>")
+  if start < 0:
+    return completion
+  end = completion.find("</answer>", start)
+  return completion[start + len("<answer>"):end if end >= 0 else len(completion)]
+
+
+def _prepare(completion: str, gold: str) -> tuple[str | None, str | None, str, str, bool] | None:
+  """(pred, gold) normalised for r1's checks, their texts for math-verify, and whether r1's
+  extraction is unambiguous; None when nothing is gradable (not strings, too long, no gold)."""
   if not isinstance(gold, str) or not isinstance(completion, str):
     return None
-  pred = extract_answer(completion)
-  pred_norm = latex.normalize(pred) if pred is not None else None
-  gold_norm = latex.normalize(latex.extract_gold(gold)) if len(gold) <= MAX_COMPLETION_CHARS else None
-  if not pred_norm or not gold_norm:
+  if len(completion) > MAX_COMPLETION_CHARS or len(gold) > MAX_COMPLETION_CHARS:
     return None
-  return pred_norm, gold_norm
+  if "\x00" in completion or "\x00" in gold:
+    return None
+  gold_answer = latex.extract_gold(gold).strip()
+  if not gold_answer:
+    return None
+  # math-verify reads a MATH solution (or `$$\boxed{2}, \boxed{3}$$`) whole; GSM8K's `#### 18` it
+  # cannot, so it gets the number after the hashes.
+  gold_text = gold_answer if "####" in gold else gold
+  pred = extract_answer(completion)
+  # The `<answer>` block or a bare one-line answer is what the completion commits to; in free text
+  # r1 takes the last `\boxed{}`, which may be an intermediate result math-verify looks past.
+  committed = "<answer>" in completion or (pred is not None and pred == completion.strip())
+  pred_norm = latex.normalize(pred) if pred is not None else None
+  return pred_norm, latex.normalize(gold_answer), answer_text(completion), gold_text, committed
 
 
-def _cheap(pred: str, gold: str) -> bool | None:
-  return equivalence.structures_equal(
+def _cheap(pred: str | None, gold: str | None, committed: bool) -> bool | None:
+  """r1's in-process verdict: True is final; False only between two plain numbers that the
+  completion committed to (`_prepare`). Anything else is None and goes to the worker, where
+  math-verify gets its say: r1's string structure calls `12,000,023` a list and `x \\geq 5` vs
+  `5 \\le x` different, which math-verify gets right.
+  """
+  if not pred or not gold:
+    return None
+  equal = equivalence.structures_equal(
       latex.structure(pred), latex.structure(gold), equivalence.cheap_scalar_equal)
+  if equal is True:
+    return True
+  numbers = [equivalence.parse_number(equivalence.strip_parens(s)) for s in (pred, gold)]
+  return False if committed and all(n is not None for n in numbers) else None
 
 
 def verify_batch(completions: list[str], golds: list[str],
                  pool: workers.SympyPool | None = None) -> np.ndarray:
   """Grades completions against golds in parallel. Returns rewards f32[N] in {0, 1}, in order.
 
-  Cheap checks run here; undecided pairs go to `pool` (default: `default_pool()`), which spreads
-  them over its worker processes with a hard per-item timeout.
+  Cheap checks run here (linear-time string work); undecided pairs go to `pool` (default:
+  `default_pool()`), whose worker processes run sympy and math-verify under a hard per-item timeout.
   """
   if len(completions) != len(golds):
     raise ValueError(f"verify_batch: {len(completions)} completions != {len(golds)} golds")
   rewards = np.zeros(len(completions), np.float32)
-  symbolic_items, symbolic_pairs = [], []
+  worker_items, worker_requests = [], []
   for i, (completion, gold) in enumerate(zip(completions, golds)):
-    pair = _prepare(completion, gold)
-    if pair is None:
+    request = _prepare(completion, gold)
+    if request is None:
       continue
     try:
-      cheap = _cheap(*pair)
+      cheap = _cheap(request[0], request[1], request[4])
     except RecursionError:
       continue
     if cheap is None:
-      symbolic_items.append(i)
-      symbolic_pairs.append(pair)
+      worker_items.append(i)
+      worker_requests.append(request[:4])
     else:
       rewards[i] = float(cheap)
-  if symbolic_pairs:
-    results = (pool or default_pool()).map(symbolic_pairs)
-    rewards[symbolic_items] = np.asarray(results, np.float32)
+  if worker_requests:
+    results = (pool or default_pool()).map(worker_requests)
+    rewards[worker_items] = np.asarray(results, np.float32)
   return rewards
 
 

@@ -28,8 +28,19 @@ def to_sympy(s: str) -> sympy.Basic | None:
 
 
 def _numbers_close(a: sympy.Basic, b: sympy.Basic) -> bool:
-  va, vb = complex(sympy.N(a, 30)), complex(sympy.N(b, 30))
-  return abs(va - vb) <= equivalence.REL_TOL * max(abs(va), abs(vb), 1e-12)
+  """The numeric policy on two constant expressions, evaluated by mpmath at 30 digits.
+
+  No conversion to Python floats: `complex()` of `10^{10^{10}}` is inf, and inf <= tol * inf made a
+  power tower equal to every gold. A value that is not finite equals nothing here (the caller
+  compares infinities structurally); zero equals only zero (`10^{-400}` is not 0).
+  """
+  va, vb = sympy.N(a, 30), sympy.N(b, 30)
+  if not (va.is_number and vb.is_number) or va.is_finite is not True or vb.is_finite is not True:
+    return False
+  if va == 0 or vb == 0:
+    return bool(va == vb)
+  tolerance = sympy.Rational(equivalence.REL_TOL.numerator, equivalence.REL_TOL.denominator)
+  return bool(sympy.Abs(va - vb) <= tolerance * sympy.Max(sympy.Abs(va), sympy.Abs(vb)))
 
 
 def _expressions_equal(a: sympy.Basic, b: sympy.Basic) -> bool:
@@ -46,8 +57,9 @@ def _expressions_equal(a: sympy.Basic, b: sympy.Basic) -> bool:
       return ratio != 0 and not ratio.free_symbols and ratio.is_finite is True
     return sympy.simplify(da - db) == 0
   if not a.free_symbols and not b.free_symbols:
-    if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
-      return sympy.simplify(a) == sympy.simplify(b)
+    if a.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) or b.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan):
+      sa, sb = sympy.simplify(a), sympy.simplify(b)
+      return sa == sb and sa is not sympy.nan  # nan (0/0, oo - oo) is equal to nothing.
     try:
       return _numbers_close(a, b)
     except (TypeError, ValueError):
@@ -72,7 +84,23 @@ def symbolic_scalar_equal(a: str, b: str) -> bool:
 
 
 def answers_equal(pred: str, gold: str) -> bool:
-  """Equivalence of two *normalised* answers, structure included. Worker-side entry point."""
+  """Equivalence of two *normalised* answers, structure included."""
   result = equivalence.structures_equal(
       latex.structure(pred), latex.structure(gold), symbolic_scalar_equal)
   return result is True
+
+
+def grade(pred: str | None, gold: str | None, pred_text: str | None = None,
+          gold_text: str | None = None) -> bool:
+  """Worker-side entry point: r1's comparison of the normalised answers, else math-verify's.
+
+  Args:
+    pred, gold: `latex.normalize`d answers (None where r1 extracted none).
+    pred_text, gold_text: the raw answer text and gold for math-verify (None: r1's check only).
+  """
+  if pred and gold and answers_equal(pred, gold):
+    return True
+  if pred_text is None or gold_text is None:
+    return False
+  from r1.rewards import math_verify_grader  # Imported by the workers only (math-verify is slow to load).
+  return math_verify_grader.answers_equal(pred_text, gold_text)

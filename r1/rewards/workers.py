@@ -7,7 +7,9 @@ talking JSON lines over its stdin/stdout, so no pickle of untrusted data. An ite
 its deadline gets its worker SIGKILLed and reaped, the item scores "not equal", and the slot
 restarts lazily on its next use. Belt and braces against orphans: each worker dies when its stdin
 closes (parent gone), has PR_SET_PDEATHSIG=SIGKILL, arms SIGALRM (default action: terminate) for
-every item, and runs under an address-space limit.
+every item, and runs under an address-space limit. Workers run in their own session: a Ctrl-C or a
+SIGTERM sent to the trainer's process group must not kill them mid-item (their in-flight items
+would score "not equal" and be trained on); the trainer's preemption handler decides when to stop.
 """
 
 import atexit
@@ -32,7 +34,8 @@ workers.worker_main(float(sys.argv[2]), int(sys.argv[3]))
 
 
 def worker_main(timeout_s: float, memory_bytes: int) -> None:
-  """Worker loop: reads {"pred", "gold"} lines, writes {"eq": bool} lines, until stdin closes."""
+  """Worker loop: reads {"pred", "gold", "pred_text", "gold_text"} lines (see `symbolic.grade`),
+  writes {"eq": bool} lines, until stdin closes."""
   import ctypes
   import resource
   import signal
@@ -42,8 +45,10 @@ def worker_main(timeout_s: float, memory_bytes: int) -> None:
     pass
   resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
   signal.signal(signal.SIGALRM, signal.SIG_DFL)
-  from r1.rewards import symbolic  # The slow import (sympy, antlr) happens before "ready".
+  from r1.rewards import symbolic  # The slow imports (sympy, antlr, math-verify) happen before "ready".
+  from r1.rewards import math_verify_grader
   symbolic.to_sympy("1")
+  math_verify_grader.answers_equal("1", "1")
   out = sys.stdout
   out.write("ready\n")
   out.flush()
@@ -52,7 +57,8 @@ def worker_main(timeout_s: float, memory_bytes: int) -> None:
     request = json.loads(line)
     signal.alarm(alarm_s)
     try:
-      equal = symbolic.answers_equal(request["pred"], request["gold"])
+      equal = symbolic.grade(request["pred"], request["gold"], request.get("pred_text"),
+                             request.get("gold_text"))
     except (RecursionError, MemoryError):
       equal = False
     signal.alarm(0)
@@ -67,7 +73,7 @@ class _Worker:
     self.proc = subprocess.Popen(
         [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(timeout_s), str(memory_bytes)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        close_fds=True)
+        close_fds=True, start_new_session=True)
     self.buffer = b""
     self.ready = False
 
@@ -84,8 +90,10 @@ class _Worker:
     *lines, self.buffer = self.buffer.split(b"\n")
     return lines
 
-  def send(self, pred: str, gold: str) -> None:
-    self.proc.stdin.write(json.dumps({"pred": pred, "gold": gold}).encode() + b"\n")
+  def send(self, pred: str | None, gold: str | None, pred_text: str | None = None,
+           gold_text: str | None = None) -> None:
+    request = {"pred": pred, "gold": gold, "pred_text": pred_text, "gold_text": gold_text}
+    self.proc.stdin.write(json.dumps(request).encode() + b"\n")
     self.proc.stdin.flush()
 
   def kill(self) -> None:
@@ -145,8 +153,12 @@ class SympyPool:
           raise RuntimeError(f"sympy worker {w.proc.pid} failed to start (rc={w.proc.returncode})")
         w.ready = any(line == b"ready" for line in lines)
 
-  def map(self, pairs: list[tuple[str, str]]) -> list[bool]:
-    """Equivalence of each (pred, gold) pair, in order. Timeouts and crashes give False."""
+  def map(self, pairs: list[tuple]) -> list[bool]:
+    """Equivalence of each item, in order. Timeouts and crashes give False.
+
+    An item is (pred, gold) of normalised answers (r1's comparison only), or
+    (pred, gold, pred_text, gold_text) with the raw texts for math-verify too (`symbolic.grade`).
+    """
     results = [False] * len(pairs)
     if not pairs:
       return results
@@ -158,6 +170,8 @@ class SympyPool:
       while pending or busy:
         while pending and idle:
           slot, item = idle.pop(), pending.pop()
+          if not self._workers[slot].ready:  # A replacement still importing sympy.
+            self._start([slot])
           try:
             self._workers[slot].send(*pairs[item])
             busy[slot] = (item, time.monotonic() + self.timeout_s)
@@ -190,15 +204,13 @@ class SympyPool:
             busy.pop(slot)
             self._kill(slot)
             idle.append(slot)
-        # Restart killed slots only when there is more work; otherwise the next map() does it.
-        dead = [slot for slot in idle if self._workers[slot] is None]
-        if dead and pending:
-          self._start(dead)
     return results
 
   def _kill(self, slot: int) -> None:
+    """Kills a slot's worker and spawns its replacement now, without waiting for it: the ~1 s of
+    imports then overlaps the caller's work instead of delaying the next item."""
     self._workers[slot].kill()
-    self._workers[slot] = None
+    self._workers[slot] = _Worker(self.timeout_s, self.memory_bytes)
 
   def close(self) -> None:
     """Kills and reaps every worker. The pool can be used again afterwards."""
