@@ -135,19 +135,18 @@ _UNITS = (
 # took 4 s, each repeat doubling it). These patterns only ever fullmatch one short token.
 _UNIT_WORD = re.compile(r"(?:square|sq\.?|cubic)?(?:" + _UNITS + r")(?:\^\{?[23]\}?)?\.?", re.IGNORECASE)
 _UNIT_MODIFIER = re.compile(r"(?:square|sq\.?|cubic|\^\{?[23]\}?\.?)", re.IGNORECASE)
-_MAX_UNIT_WORDS = 8
 _VAR_EQUALS = re.compile(r"^\s*(?:[a-zA-Z](?:_\{?\w+\}?)?|\\[a-zA-Z]+)\s*(?:=|\\in(?![a-zA-Z]))(?!=)")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?%?$")  # `0,111` is a decimal comma.
 
 
 def _strip_trailing_units(s: str) -> str:
-  """`12 square units` -> `12`, `5 cm^2` -> `5`: drops up to 8 trailing unit words after a number.
+  """`12 square units` -> `12`, `5 cm^2` -> `5`: drops the trailing unit words after a number.
 
   Linear: one pass over the whitespace-separated words, each matched alone (at most 20 chars).
   """
   words = [(m.start(), m.group(0)) for m in re.finditer(r"\S+", s)]
   cut, seen_unit = len(words), False
-  while cut > 0 and len(words) - cut < _MAX_UNIT_WORDS:
+  while cut > 0:
     word = words[cut - 1][1]
     if len(word) > 20:
       break

@@ -56,13 +56,33 @@ def extract_answer(completion: str) -> str | None:
   return latex.extract_answer(completion)
 
 
-def answer_text(completion: str) -> str:
-  """What math-verify reads: the last `<answer>` block's content, else the whole completion."""
+# math-verify reads at most this tail of a completion (its answer is at the end), and nothing with
+# brackets nested deeper than this: its regexes and latex2sympy's recursion spend seconds on such
+# input (a 2 KB `{{{...` times out), and no answer nests that deep.
+FIELD_MAX_CHARS = 10_000
+FIELD_MAX_DEPTH = 40
+
+
+def _max_depth(text: str) -> int:
+  depth = deepest = 0
+  for ch in text:
+    if ch in "{([":
+      depth += 1
+      deepest = max(deepest, depth)
+    elif ch in "})]":
+      depth = max(depth - 1, 0)
+  return deepest
+
+
+def answer_text(completion: str) -> str | None:
+  """What math-verify reads: the last `<answer>` block's content, else the completion's tail;
+  None when it is nested too deep to be an answer."""
   start = completion.rfind("<answer>")
-  if start < 0:
-    return completion
-  end = completion.find("</answer>", start)
-  return completion[start + len("<answer>"):end if end >= 0 else len(completion)]
+  if start >= 0:
+    end = completion.find("</answer>", start)
+    completion = completion[start + len("<answer>"):end if end >= 0 else len(completion)]
+  text = completion[-FIELD_MAX_CHARS:]
+  return text if _max_depth(text) <= FIELD_MAX_DEPTH else None
 
 
 def _prepare(completion: str, gold: str) -> tuple[str | None, str | None, str, str, bool] | None:

@@ -27,20 +27,20 @@ def to_sympy(s: str) -> sympy.Basic | None:
   return expr.xreplace(_CONSTANTS)
 
 
-def _numbers_close(a: sympy.Basic, b: sympy.Basic) -> bool:
-  """The numeric policy on two constant expressions, evaluated by mpmath at 30 digits.
+def _numbers_close(va: sympy.Basic, vb: sympy.Basic) -> bool:
+  """The numeric policy on two finite values that mpmath evaluated (`sympy.N`, 30 digits).
 
   No conversion to Python floats: `complex()` of `10^{10^{10}}` is inf, and inf <= tol * inf made a
-  power tower equal to every gold. A value that is not finite equals nothing here (the caller
-  compares infinities structurally); zero equals only zero (`10^{-400}` is not 0).
+  power tower equal to every gold. Zero equals only zero (`10^{-400}` is not 0).
   """
-  va, vb = sympy.N(a, 30), sympy.N(b, 30)
-  if not (va.is_number and vb.is_number) or va.is_finite is not True or vb.is_finite is not True:
-    return False
   if va == 0 or vb == 0:
     return bool(va == vb)
   tolerance = sympy.Rational(equivalence.REL_TOL.numerator, equivalence.REL_TOL.denominator)
   return bool(sympy.Abs(va - vb) <= tolerance * sympy.Max(sympy.Abs(va), sympy.Abs(vb)))
+
+
+_INFINITIES = (sympy.oo, -sympy.oo)
+_NOT_FINITE = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
 
 
 def _expressions_equal(a: sympy.Basic, b: sympy.Basic) -> bool:
@@ -57,13 +57,12 @@ def _expressions_equal(a: sympy.Basic, b: sympy.Basic) -> bool:
       return ratio != 0 and not ratio.free_symbols and ratio.is_finite is True
     return sympy.simplify(da - db) == 0
   if not a.free_symbols and not b.free_symbols:
-    if a.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) or b.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan):
-      sa, sb = sympy.simplify(a), sympy.simplify(b)
-      return sa == sb and sa is not sympy.nan  # nan (0/0, oo - oo) is equal to nothing.
-    try:
-      return _numbers_close(a, b)
-    except (TypeError, ValueError):
-      pass
+    # Evaluate first (mpmath: fast even for power towers); simplify() of `9^{9^{9}}` never ends.
+    va, vb = sympy.N(a, 30), sympy.N(b, 30)
+    if va in _NOT_FINITE or vb in _NOT_FINITE:
+      return va == vb and va in _INFINITIES  # oo == oo; 1/0 (zoo) and 0/0 (nan) equal nothing.
+    if va.is_number and vb.is_number and va.is_finite and vb.is_finite:
+      return _numbers_close(va, vb)
   if sympy.simplify(a - b) == 0:
     return True
   return a.equals(b) is True
@@ -90,6 +89,25 @@ def answers_equal(pred: str, gold: str) -> bool:
   return result is True
 
 
+_FLOAT_RANGE = sympy.Integer(10) ** 300
+
+
+def _beyond_float_range(answer: str) -> bool:
+  """True for a constant whose value is not finite or lies outside [1e-300, 1e300] (nonzero)."""
+  if latex.structure(answer)[0] != "scalar":
+    return False
+  expr = to_sympy(equivalence.strip_parens(answer))
+  if expr is None or expr.free_symbols:
+    return False
+  try:
+    value = sympy.Abs(sympy.N(expr, 30))
+    if value.is_finite is not True:
+      return value.is_number
+    return bool(value > _FLOAT_RANGE or (value != 0 and value < 1 / _FLOAT_RANGE))
+  except Exception:  # Cannot evaluate: leave the verdict to the comparisons.
+    return False
+
+
 def grade(pred: str | None, gold: str | None, pred_text: str | None = None,
           gold_text: str | None = None) -> bool:
   """Worker-side entry point: r1's comparison of the normalised answers, else math-verify's.
@@ -98,8 +116,11 @@ def grade(pred: str | None, gold: str | None, pred_text: str | None = None,
     pred, gold: `latex.normalize`d answers (None where r1 extracted none).
     pred_text, gold_text: the raw answer text and gold for math-verify (None: r1's check only).
   """
-  if pred and gold and answers_equal(pred, gold):
-    return True
+  if pred and gold:
+    if answers_equal(pred, gold):
+      return True
+    if _beyond_float_range(pred) or _beyond_float_range(gold):
+      return False  # math-verify would evaluate `10^{10^{10}}` exactly (a hang) or through floats.
   if pred_text is None or gold_text is None:
     return False
   from r1.rewards import math_verify_grader  # Imported by the workers only (math-verify is slow to load).
