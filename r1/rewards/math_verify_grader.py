@@ -38,6 +38,8 @@ _FLOAT_SAFE = sympy.Integer(10) ** 15  # Beyond this (or below its inverse) floa
 
 
 _PLAIN_NUMBER = re.compile(r"[\d\s.,%+-]+")
+_LETTER = re.compile(r"[A-Za-z]")
+_WORD = re.compile(r"[A-Za-z]{4,}")  # A word of prose, not a variable or a unit like `pct`.
 
 
 def _delimited(text: str) -> bool:
@@ -53,13 +55,16 @@ def _as_gold_text(gold: str) -> str:
 
 
 def _as_pred_text(pred: str) -> str:
-  """Bare LaTeX (`\\left( 3, \\frac{\\pi}{2} \\right)`) or a bare one-line equation is one answer:
-  delimit it, or math-verify's plain-number fallback picks the `3` (or the `0` of `... = 0`) out of
-  it. Prose stays as it is: there the fallback is the field's rule (the last number)."""
-  if _delimited(pred):
+  """A bare one-line answer (`\\left( 3, \\frac{\\pi}{2} \\right)`, `... = 0`, `2k+2`, `1+274i`) is read
+  whole: in `$...$`, or math-verify's plain-number fallback picks the `3`, the `0` or the `2` out of
+  it. Prose ("so the answer is 1,000.99m²") and bare numbers (`1 000`) stay as they are: there the
+  fallback is the field's rule (the last number)."""
+  line = pred.strip()
+  if _delimited(pred) or "\n" in line:
     return pred
-  if any(c in pred for c in "\\{}^_") or ("=" in pred and "\n" not in pred.strip()):
-    return "$" + pred.strip() + "$"
+  if (any(c in line for c in "\\{}^_=") or
+      (_LETTER.search(line) and not _WORD.search(line))):
+    return "$" + line + "$"
   return pred
 
 
