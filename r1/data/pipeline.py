@@ -75,11 +75,21 @@ class _HostRows(grain.MapDataset):
     return f"_HostRows(rows={self._rows}, index={self._index}, count={self._count})"
 
 
+def _describe(source: Sequence[Any]) -> str:
+  """Where a source's examples come from, for errors: a file's path and how many of its records
+  were skipped as malformed (sources.RecordSource), else the source's type."""
+  path = getattr(source, "path", "")
+  if not path:
+    return f"a {type(source).__name__} with no file"
+  skipped = getattr(source, "num_skipped", 0)
+  return f"{path} ({skipped} malformed records skipped)" if skipped else f"{path} (no records in the file)"
+
+
 def _examples(source: Sequence[Any], *, seed: int, shuffle: bool, num_epochs: int | None,
               process_index: int | None, process_count: int | None, rows_per_host: int) -> grain.MapDataset:
   """Shuffle -> repeat -> this host's rows of each global batch, as a MapDataset of examples."""
   if len(source) == 0:
-    raise ValueError("data source is empty")
+    raise ValueError(f"data source is empty: {_describe(source)}")
   index, count = host_shard(process_index, process_count)
   ds = grain.MapDataset.source(source)
   if shuffle:
@@ -90,7 +100,8 @@ def _examples(source: Sequence[Any], *, seed: int, shuffle: bool, num_epochs: in
     # After the shuffle and repeat, so the stream (and every global batch) is that of one host.
     ds = _HostRows(ds, rows_per_host, index, count)
     if len(ds) == 0:
-      raise ValueError(f"host shard {index}/{count} of a {len(source)}-example source is empty")
+      raise ValueError(f"host shard {index}/{count} of a {len(source)}-example source is empty: "
+                       f"{_describe(source)}")
   return ds
 
 

@@ -5,9 +5,9 @@ indexing, which is all grain's `MapDataset.source` needs) plus how many malforme
 skipped. Prompt sets here are thousands of rows, so reading them whole is simpler and faster than
 random access into the files.
 
-A malformed record (bad JSON, a missing or non-string field, a GSM8K answer with no `#### `) raises
-`MalformedRecordError` naming the file and line; with `skip_malformed=True` it is skipped and
-counted in `RecordSource.num_skipped` instead.
+A malformed record (a line that is not UTF-8, bad JSON, a missing or non-string field, a GSM8K
+answer with no `#### `) raises `MalformedRecordError` naming the file and line; with
+`skip_malformed=True` it is skipped and counted in `RecordSource.num_skipped` instead.
 """
 
 import dataclasses
@@ -87,8 +87,15 @@ def _read_rows(path: str) -> Iterator[tuple[int, Any]]:
     for i, row in enumerate(pq.read_table(path).to_pylist()):
       yield i + 1, row
     return
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f):
+  # Bytes, decoded line by line: a line that is not UTF-8 is one malformed record (named, and
+  # skippable), not a UnicodeDecodeError that ends the whole read.
+  with open(path, "rb") as f:
+    for i, raw in enumerate(f):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield i + 1, f"not UTF-8 (byte {raw[e.start:e.start + 1]!r} at column {e.start + 1})"
+        continue
       if not line.strip():
         continue  # A blank line (often a trailing one) carries no record.
       try:
@@ -157,6 +164,9 @@ def load_prompts(path: str, *, question_field: str = "question", answer_field: s
       if tests_field not in row:
         raise ValueError(f"missing field {tests_field!r} (fields: {sorted(row)})")
       meta["tests"] = row[tests_field]
+      if verifier == "code":  # A row the code reward cannot score fails here, with its file:line.
+        from r1.rewards.code import validate_tests  # pylint: disable=g-import-not-at-top
+        validate_tests(meta["tests"])
     example_id = _string_field(row, id_field) if id_field else f"{name}:{line}"
     return PromptExample(example_id, question, gold, verifier, meta)
 

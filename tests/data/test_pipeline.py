@@ -213,6 +213,19 @@ def test_bad_arguments(tiny_tokenizer):
                                process_index=0, process_count=1)
 
 
+def test_an_empty_file_is_named(tiny_tokenizer, tmp_path):
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("\n")
+  with pytest.raises(ValueError, match=f"data source is empty: {empty} \\(no records in the file\\)"):
+    pipeline.rl_prompt_dataset(sources.load_prompts(str(empty)), tiny_tokenizer, TEMPLATE, batch_size=2, seed=0)
+  # Every record malformed and skipped: the message says so, not only that the file is empty.
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text("{not json\n[1]\n")
+  with pytest.raises(ValueError, match=f"data source is empty: {bad} \\(2 malformed records skipped\\)"):
+    pipeline.sft_dataset(sources.load_sft(str(bad), skip_malformed=True), tiny_tokenizer, TEMPLATE, seq_len=64,
+                         batch_size=2, seed=0)
+
+
 def test_sft_keeps_one_think_when_the_template_opens_it(tiny_tokenizer):
   # R1-Distill's chat template ends the prompt in `<think>\n`; a teacher sampled with r1_zero /
   # r1_chat wrote `<think>` itself. The row trains on one opening tag, the template's.

@@ -34,15 +34,31 @@ def test_shipped_datasets():
 
 
 def test_custom_fields_and_tests(tmp_path):
+  fn_test = {"fn_name": "f", "args": [], "expected": 3}
+  io_test = {"input": "", "output": "x\n"}
   path = _write(tmp_path / "code.jsonl", [
-      json.dumps({"q": "Write f.", "a": 3, "t": ["assert f() == 3"], "uid": "p1"}),
-      json.dumps({"q": "Write g.", "a": "x", "t": [], "uid": "p2"}),
+      json.dumps({"q": "Write f.", "a": 3, "t": [fn_test], "uid": "p1"}),
+      json.dumps({"q": "Write g.", "a": "x", "t": [io_test], "uid": "p2"}),
   ])
   src = sources.load_prompts(path, question_field="q", answer_field="a", tests_field="t",
                              id_field="uid", verifier="code")
   assert [e.id for e in src] == ["p1", "p2"]
-  assert src[0] == sources.PromptExample("p1", "Write f.", "3", "code",
-                                         {"tests": ["assert f() == 3"]})
+  assert src[0] == sources.PromptExample("p1", "Write f.", "3", "code", {"tests": [fn_test]})
+
+
+@pytest.mark.parametrize("tests, reason", [
+    ([], "expected a non-empty list"),
+    (["assert f() == 3"], "expected a dict"),
+    ([{"input": "1\n"}], "output"),
+    ([{"fn_name": "f", "args": [1]}], "expected"),
+])
+def test_bad_code_test_rows_are_named(tmp_path, tests, reason):
+  good = {"q": "Write f.", "a": 3, "t": [{"fn_name": "f", "args": [], "expected": 3}]}
+  path = _write(tmp_path / "code.jsonl", [json.dumps(good), json.dumps(dict(good, t=tests))])
+  with pytest.raises(sources.MalformedRecordError) as info:
+    sources.load_prompts(path, question_field="q", answer_field="a", tests_field="t", verifier="code")
+  assert info.value.line == 2 and f"{path}:2" in str(info.value)
+  assert reason in str(info.value)
 
 
 @pytest.mark.parametrize("bad_line, reason", [
@@ -61,6 +77,19 @@ def test_malformed_line_is_named(tmp_path, bad_line, reason):
   skipped = sources.load_prompts(path, skip_malformed=True)
   assert len(skipped) == 2 and skipped.num_skipped == 1
   assert [e.id for e in skipped] == ["p:1", "p:4"]
+
+
+def test_non_utf8_line_is_named_and_skippable(tmp_path):
+  good = json.dumps({"question": "q", "answer": "1"}).encode()
+  path = tmp_path / "latin1.jsonl"
+  # Line 2 is Latin-1 ("é" as the single byte 0xe9), as a file exported by another tool may be.
+  path.write_bytes(good + b"\n" + '{"question": "caf\u00e9", "answer": "2"}'.encode("latin-1") + b"\n" + good + b"\n")
+  with pytest.raises(sources.MalformedRecordError) as info:
+    sources.load_prompts(str(path))
+  assert (info.value.path, info.value.line) == (str(path), 2)
+  assert f"{path}:2: malformed record: not UTF-8 (byte b'\\xe9' at column 18)" in str(info.value)
+  skipped = sources.load_prompts(str(path), skip_malformed=True)
+  assert [e.id for e in skipped] == ["latin1:1", "latin1:3"] and skipped.num_skipped == 1
 
 
 def test_gsm8k_bad_answer_named(tmp_path):
