@@ -60,6 +60,7 @@ def get_config(arg: str | None = None):
   c.grpo.ref_update_every = 400
   c.grpo.bias_update_rate = 0.0
   c.grpo.scale_by_std = True
+  c.grpo.max_skipped_updates = 10               # Steps in a row with every update skipped (non-finite) that stop the run; 0: never
   c.grpo.logits_chunk_size = 256                # LM head in time chunks: [B, chunk, V] logits at a time
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.2})

@@ -116,6 +116,7 @@ def get_config(arg: str | None = None):
   c.grpo.ref_update_every = 400
   c.grpo.bias_update_rate = 0.001
   c.grpo.scale_by_std = True
+  c.grpo.max_skipped_updates = 10               # Steps in a row with every update skipped (non-finite) that stop the run; 0: never
   # The LM head in time chunks of this many tokens ([B, chunk, V] logits at a time); None: whole.
   c.grpo.logits_chunk_size = ml_collections.config_dict.placeholder(int)
 

@@ -37,11 +37,16 @@ Preemption protocol (TPU VMs receive SIGTERM some seconds before they are taken 
   ckpt.close()                                  # waits for the async write; exit 0 after this
 
 The step saved is the number of updates already applied, so a resumed run starts its loop at
-`latest_step()`. A second SIGTERM restores the previous handler and re-delivers the signal, so a
-stuck save can still be killed. On several hosts `should_stop` all-gathers the flag, so all hosts
-stop at the same step (a host that stopped alone would hang the others in the next collective);
-it also honours `CheckpointManager.reached_preemption`, JAX's own preemption sync point, which is
-live when `jax.distributed` runs with the preemption service.
+`latest_step()`. A step longer than the grace period can check `should_stop(step)` between its
+phases too (r1.train.rl: after generation, after scoring, before each eval batch); stopped before
+its update, it saves the previous step with the iterator set back to where that step left it
+(`it.set_state(position)`, the position taken before the step drew its batch).
+
+A second SIGTERM restores the previous handler and re-delivers the signal, so a stuck save can
+still be killed. On several hosts `should_stop` all-gathers the flag, so all hosts stop at the
+same step (a host that stopped alone would hang the others in the next collective); it also
+honours `CheckpointManager.reached_preemption`, JAX's own preemption sync point, which is live
+when `jax.distributed` runs with the preemption service.
 """
 
 from __future__ import annotations

@@ -271,6 +271,32 @@ def policy_of(model_config, state) -> r1.Policy:
   return r1.Policy(model_config, variables)
 
 
+class StopRequested(Exception):
+  """A stop (SIGTERM: TPU preemption) was requested while a phase of a step ran; the message says
+  where. A stage raises it between phases and saves what it has finished."""
+
+
+class _StopCheckedPolicy:
+  """A policy whose `generate` first calls `check` (which raises StopRequested); everything else is
+  the policy's own."""
+
+  def __init__(self, policy: r1.Policy, check):
+    self._policy, self._check = policy, check
+
+  def generate(self, *args, **kwargs):
+    self._check()
+    return self._policy.generate(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._policy, name)
+
+
+def stop_checked(policy: r1.Policy, check):
+  """`policy`, with `check()` called before each `generate`: an evaluation samples batch by batch
+  through it, so a stop requested during a long evaluation is seen at its next batch."""
+  return _StopCheckedPolicy(policy, check)
+
+
 def resume(config, workdir: str, state, batches):
   """Opens the stage's checkpoints and metrics; restores state and data position if a checkpoint
   exists. Returns (checkpointer, state, start step, metrics writer)."""

@@ -27,6 +27,10 @@ import ml_collections
 from r1.train import common, report, sample
 
 
+# Stages that export <stage dir>/policy when they finish (stage_done); `eval` writes a report only.
+_EXPORTING_STAGES = ("sft", "grpo", "sample")
+
+
 def stage_config(config, index: int, previous_workdir: str | None, pinned=(),
                  stage_dirs=None) -> ml_collections.ConfigDict:
   """The config of stage `index`: the base config, its overrides, and the hand-over paths.
@@ -108,6 +112,10 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
   Each stage's wall time is recorded in <workdir>/pipeline.json (kept across re-runs, so a resumed
   pipeline reports the time its stages really took). When a GRPO stage evaluated its start and
   end, the last one's before/after summary goes to <workdir>/report.json (r1.train.report).
+
+  A stage that returns without its exported policy was preempted (it saved a checkpoint): the
+  pipeline stops there, with results["stopped_at"] = "<i>_<stage>" and no report; the same
+  command resumes it, and the run that finishes writes the report.
   """
   start = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -128,6 +136,11 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
       t = time.time()
       results[key] = stages[name](stage_config(config, i, previous, pinned, stage_dirs), stage_dir)
       seconds[key] = seconds.get(key, 0.0) + time.time() - t
+      if name in _EXPORTING_STAGES and not common.stage_done(stage_dir):
+        # Preempted: the next stages start from its policy, which does not exist yet.
+        print(f"stage {i} ({name}): stopped before its end; run the same command again to resume it")
+        results["stopped_at"] = key
+        break
     previous = stage_dir
   results["wall_seconds"] = time.time() - start
   total = sum(seconds.values())
@@ -135,6 +148,8 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
     with open(record_path, "w") as f:
       json.dump({"stages": list(config.pipeline.stages), "stage_seconds": seconds, "wall_seconds": total}, f,
                 indent=2)
+  if "stopped_at" in results:
+    return results  # The report and comparison are written by the run that finishes.
   grpo_dirs = [os.path.join(workdir, f"{i}_{name}") for i, name in enumerate(config.pipeline.stages)
                if name == "grpo"]
   summary = report.write(workdir, grpo_dirs[-1], wall_seconds=total,

@@ -66,12 +66,14 @@ def decode_completions(tokenizer, completions: np.ndarray, lengths: np.ndarray, 
   return texts
 
 
-def score(reward_specs, texts: list[str], examples: list, num_samples: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def score(reward_specs, texts: list[str], examples: list, num_samples: int, *, return_nonfinite: bool = False):
   """Rewards for B*G completions of B examples (each repeated G times), total f32[B*G] and each
-  component by name (see r1.rewards.registry)."""
+  component by name (see r1.rewards.registry); with return_nonfinite, also bool[B*G]: the rows
+  where a reward was NaN or inf (set to 0, with a warning)."""
   repeated = [ex for ex in examples for _ in range(num_samples)]
-  total, components = registry.compute_rewards(reward_specs, texts, repeated)
-  return np.asarray(total, np.float32), {k: np.asarray(v, np.float32) for k, v in components.items()}
+  total, components, nonfinite = registry.compute_rewards(reward_specs, texts, repeated, return_nonfinite=True)
+  out = np.asarray(total, np.float32), {k: np.asarray(v, np.float32) for k, v in components.items()}
+  return (*out, nonfinite) if return_nonfinite else out
 
 
 def reward_model_scores(reward_model, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completions: np.ndarray,
