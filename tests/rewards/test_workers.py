@@ -52,6 +52,33 @@ def test_timeout_kills_and_reaps_worker(pool):
   assert gone and not any(_alive(pid) for pid in gone)
 
 
+def test_workers_survive_a_signal_to_the_trainers_process_group(tmp_path):
+  # Ctrl-C or a group SIGTERM reaches every process of the trainer's group; workers in it died with
+  # their in-flight items scored False, and that step was then trained on. They have their own
+  # session now; the trainer's handler decides when to stop.
+  script = tmp_path / "trainer.py"
+  script.write_text(textwrap.dedent(f"""
+      import os, signal, sys, time
+      sys.path[:0] = {sys.path!r}
+      from r1.rewards import workers
+      signal.signal(signal.SIGTERM, lambda *_: print("handled", flush=True))
+      pool = workers.SympyPool(num_workers=2, timeout_s=5.0)
+      pool.map([("x", "x"), ("y", "y")])
+      pids = pool.pids()
+      print(" ".join(map(str, pids)), flush=True)
+      assert all(os.getsid(pid) != os.getsid(0) for pid in pids)
+      os.killpg(os.getpgid(0), signal.SIGTERM)
+      time.sleep(0.5)
+      print(pool.map([("2x", "x+x"), ("a", "b")]), pool.pids() == pids, flush=True)
+      pool.close()
+  """))
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       start_new_session=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert lines[-2:] == ["handled", "[True, False] True"], out.stdout
+
+
 def test_close_kills_everything(pool):
   pool.map([("x", "x"), ("y", "y")])
   pids = pool.pids()
