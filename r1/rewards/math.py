@@ -101,11 +101,20 @@ def _prepare(completion: str, gold: str) -> tuple[str | None, str | None, str, s
   # cannot, so it gets the number after the hashes.
   gold_text = gold_answer if "####" in gold else gold
   pred = extract_answer(completion)
-  # The `<answer>` block or a bare one-line answer is what the completion commits to; in free text
-  # r1 takes the last `\boxed{}`, which may be an intermediate result math-verify looks past.
-  committed = "<answer>" in completion or (pred is not None and pred == completion.strip())
-  pred_norm = latex.normalize(pred) if pred is not None else None
-  return pred_norm, latex.normalize(gold_answer), answer_text(completion), gold_text, committed
+  return (latex.normalize(pred) if pred is not None else None, latex.normalize(gold_answer),
+          answer_text(completion), gold_text, _committed(completion, pred))
+
+
+def _committed(completion: str, pred: str | None) -> bool:
+  """Whether r1's extraction is what the completion commits to: an `<answer>` block, a bare
+  one-line answer, or a last `\boxed{}` with no "answer" after it. A box followed by "The final
+  answer is $10,455$" was an intermediate result, which math-verify looks past."""
+  if pred is None:
+    return False
+  if "<answer>" in completion or pred == completion.strip():
+    return True
+  box = max(completion.rfind("\\boxed"), completion.rfind("\\fbox"))
+  return box >= 0 and "answer" not in completion[box:].lower()
 
 
 def _cheap(pred: str | None, gold: str | None, committed: bool) -> bool | None:

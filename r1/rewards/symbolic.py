@@ -5,6 +5,8 @@ cannot be interrupted from Python, so `workers.py` kills the process instead. No
 `eval`/`sympify` on untrusted text: LaTeX goes through the antlr4 grammar (`parse_latex`, strict).
 """
 
+import functools
+
 import sympy
 from sympy.parsing.latex import parse_latex
 
@@ -15,6 +17,7 @@ from r1.rewards import latex
 _CONSTANTS = {sympy.Symbol("pi"): sympy.pi, sympy.Symbol("e"): sympy.E, sympy.Symbol("i"): sympy.I}
 
 
+@functools.lru_cache(maxsize=4096)  # A gold is parsed once per group of G completions, not G times.
 def to_sympy(s: str) -> sympy.Basic | None:
   """Normalised LaTeX -> sympy expression, or None when the strict parser rejects it."""
   s = s.rstrip("%")
