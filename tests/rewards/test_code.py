@@ -1,7 +1,6 @@
 """Code reward and its sandbox: scoring, test-row validation, parallel completions, and what a
 program sees inside each backend this machine can run (hostile programs: test_code_hostile.py)."""
 
-import contextlib
 import json
 import os
 import pathlib
@@ -16,7 +15,7 @@ import pytest
 
 from r1.data import sources
 from r1.rewards import code, sandbox
-from tests.rewards.conftest import DATASETS, child_pids
+from tests.rewards.conftest import DATASETS, child_pids, recording_run_uids
 from tests.rewards.test_code_hostile import bwrap_usable_by, processes_of
 
 FAST = code.SandboxLimits(cpu_s=1, wall_s=2.0)
@@ -44,15 +43,7 @@ def limits(request):
 def no_leftovers(monkeypatch):
   """Every per-run uid handed out during the test has no process left afterwards, zombies too."""
   used = []
-  original = sandbox._run_uid
-
-  @contextlib.contextmanager
-  def recording():
-    with original() as uid:
-      used.append(uid)
-      yield uid
-
-  monkeypatch.setattr(sandbox, "_run_uid", recording)
+  monkeypatch.setattr(sandbox, "_run_uid", recording_run_uids(sandbox._run_uid, used))
   before = child_pids()
   yield used
   assert child_pids() - before == set(), "a sandbox process was left behind"

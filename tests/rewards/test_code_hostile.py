@@ -28,7 +28,7 @@ import traceback
 import pytest
 
 from r1.rewards import code, sandbox
-from tests.rewards.conftest import child_pids
+from tests.rewards.conftest import child_pids, recording_run_uids
 
 ROOT = os.geteuid() == 0
 PROJECT = str(pathlib.Path(code.__file__).resolve().parents[2])
@@ -84,15 +84,7 @@ def in_trainer(fn, uid: int | None = None, timeout_s: float = 120.0) -> dict:
         os.setgid(uid)
         os.setuid(uid)
       used = []
-      original = sandbox._run_uid
-
-      @contextlib.contextmanager
-      def recording():
-        with original() as run_uid:
-          used.append(run_uid)
-          yield run_uid
-
-      sandbox._run_uid = recording
+      sandbox._run_uid = recording_run_uids(sandbox._run_uid, used)
       result = {"result": fn(), "run_uids": used}
       deadline = time.monotonic() + 5
       while child_pids() and time.monotonic() < deadline:

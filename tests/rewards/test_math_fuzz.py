@@ -12,7 +12,6 @@ import pytest
 
 from r1.rewards import latex
 from r1.rewards import math as math_reward
-from r1.rewards import workers
 
 # Per call of the trainer-side work (extract, normalise, structure, cheap comparison). A linear
 # scan of a 1 MB completion takes milliseconds; the budget leaves room for a loaded CI machine.
@@ -80,21 +79,14 @@ def test_fuzz_in_process_work_is_fast():
   assert slow == []
 
 
-@pytest.fixture(scope="module")
-def pool():
-  pool = workers.SympyPool(num_workers=2, timeout_s=3.0)
-  pool.map([("1", "1")])
-  yield pool
-  pool.close()
 
-
-def test_fuzz_end_to_end_is_false_fast_and_executes_nothing(pool):
+def test_fuzz_end_to_end_is_false_fast_and_executes_nothing(grading_pool):
   if os.path.exists(PWNED):
     os.remove(PWNED)
   strings = _hostile_strings(seed=1, n=60)
   for s in strings:
     start = time.monotonic()
-    assert math_reward.verify_batch([s], [GOLD], pool=pool)[0] == 0.0, s[:80]
+    assert math_reward.verify_batch([s], [GOLD], pool=grading_pool)[0] == 0.0, s[:80]
     assert time.monotonic() - start < 5.0, s[:80]
   assert not os.path.exists(PWNED)
-  assert pool.map([("2x", "x+x")]) == [True]  # The pool still grades afterwards.
+  assert grading_pool.map([("2x", "x+x")]) == [True]  # The pool still grades afterwards.

@@ -11,7 +11,6 @@ import pytest
 from r1.rewards import equivalence
 from r1.rewards import math as math_reward
 from r1.rewards import symbolic
-from r1.rewards import workers
 
 ORDINARY_GOLDS = ["7", "42", "1/2", "0", "1", "-5", "2\\sqrt{3}", "10\\%", "x + 1"]
 
@@ -27,28 +26,21 @@ HACKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pool():
-  pool = workers.SympyPool(num_workers=2, timeout_s=3.0)
-  pool.map([("1", "1")])
-  yield pool
-  pool.close()
 
-
-def test_no_answer_equals_every_gold_and_none_raises(pool):
+def test_no_answer_equals_every_gold_and_none_raises(grading_pool):
   completions = [f"<think>.</think><answer>\\boxed{{{h}}}</answer>" for h in HACKS for _ in ORDINARY_GOLDS]
   golds = [g for _ in HACKS for g in ORDINARY_GOLDS]
-  rewards = math_reward.verify_batch(completions, golds, pool=pool)
+  rewards = math_reward.verify_batch(completions, golds, pool=grading_pool)
   accepted = [(c, g) for c, g, r in zip(completions, golds, rewards) if r]
   # `\boxed{\infty}` etc. may equal an infinite gold, but none of these golds is one; and the shotgun
   # list equals no single value.
   assert accepted == []
 
 
-def test_shotgun_boxes_match_only_the_last_box(pool):
+def test_shotgun_boxes_match_only_the_last_box(grading_pool):
   # Every ordinary value boxed once: the last box is the answer, so one gold matches, not six.
   shotgun = " ".join(f"\\boxed{{{g}}}" for g in ["7", "42", "3", "0", "1", "-5"])
-  rewards = math_reward.verify_batch([shotgun] * 6, ["7", "42", "3", "0", "1", "-5"], pool=pool)
+  rewards = math_reward.verify_batch([shotgun] * 6, ["7", "42", "3", "0", "1", "-5"], pool=grading_pool)
   assert rewards.tolist() == [0.0] * 5 + [1.0]
 
 
@@ -68,13 +60,14 @@ def test_sympy_path_rejects_unrepresentable_values(value):
     assert symbolic.symbolic_scalar_equal(value, gold) is False, (value, gold)
 
 
-def test_ordinary_values_still_match(pool):
+def test_ordinary_values_still_match(grading_pool):
   # The same comparisons keep accepting what is equal, big and small values included.
   pairs = [("10^{400}", "10^{400}"), ("10^{-400}", "10^{-400}"), ("\\infty", "\\infty"),
            ("-\\infty", "-\\infty"), ("\\frac{2}{4}", "\\frac{1}{2}"), ("\\sqrt{12}", "2\\sqrt{3}"),
            ("0.0", "0"), ("2^{2^{2}}", "16"), ("1.5\\times10^{3}", "1500")]
-  rewards = math_reward.verify_batch([f"\\boxed{{{p}}}" for p, _ in pairs], [g for _, g in pairs], pool=pool)
+  rewards = math_reward.verify_batch([f"\\boxed{{{p}}}" for p, _ in pairs], [g for _, g in pairs],
+                                     pool=grading_pool)
   assert rewards.tolist() == [1.0] * len(pairs)
   rewards = math_reward.verify_batch(["\\boxed{\\infty}", "\\boxed{-\\infty}"], ["-\\infty", "\\infty"],
-                                     pool=pool)
+                                     pool=grading_pool)
   assert rewards.tolist() == [0.0, 0.0]
