@@ -25,14 +25,16 @@ from r1.model.config import ModelConfig, RopeScaling
 from r1.policy import Policy
 from r1.sharding import TRAIN_RULES, variable_shardings
 
-# config.json fields that carry no information r1 needs (checked so that nothing else slips by):
-# bookkeeping every transformers config may hold, then DeepSeek's own.
+# config.json fields that describe the checkpoint, not the model's numbers (logged, then ignored):
+# bookkeeping every transformers config may hold, what the Hub and its tools add (SmolLM2's
+# `is_llama_config`, `transformers.js_config`), and every `*_token_id` (`_is_metadata`).
 _METADATA_FIELDS = {
-    "architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version", "bos_token_id",
-    "eos_token_id", "pad_token_id", "initializer_range", "use_cache", "attention_dropout", "_name_or_path",
+    "architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
+    "initializer_range", "use_cache", "attention_dropout", "_name_or_path", "_model_name_or_path",
     "tie_encoder_decoder", "return_dict", "output_hidden_states", "output_attentions", "use_return_dict",
     "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type", "tokenizer_class",
-    "task_specific_params", "torchscript", "_attn_implementation_autoset",
+    "task_specific_params", "torchscript", "_attn_implementation_autoset", "transformers.js_config",
+    "is_llama_config",
 }
 _IGNORED_CONFIG_FIELDS = _METADATA_FIELDS | {
     "pretraining_tp", "num_key_value_heads", "ep_size", "aux_loss_alpha", "seq_aux", "output_router_logits",
@@ -63,6 +65,36 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 class CheckpointError(ValueError):
   """A checkpoint that does not match what r1 expects (names the key and the problem)."""
+
+
+def _is_metadata(field: str) -> bool:
+  return field in _METADATA_FIELDS or field.endswith("_token_id") or field.endswith("_token_ids")
+
+
+# Every field some r1 reader turns into numbers: met where its architecture does not use it (a qwen2
+# config with kv_lora_rank), it would change the model, so it is refused rather than ignored.
+_MODEL_FIELDS = set(_SAME_NAME_FIELDS) | {
+    "num_key_value_heads", "head_dim", "hidden_act", "attention_bias", "mlp_bias", "moe_layer_freq",
+    "rope_parameters", "rope_scaling", "rope_theta", "rope_interleave", "rope_interleaved", "topk_method",
+    "scoring_func", "n_group", "topk_group", "use_sliding_window", "sliding_window", "max_window_layers",
+    "use_mrope", "pretraining_tp", "layer_types", "qk_head_dim", "num_experts", "num_local_experts",
+    "quantization_config",
+}
+
+
+def _check_fields(hf: dict, known: set, reader: str) -> list[str]:
+  """Logs the metadata fields, warns about unknown fields of uncertain meaning, and returns the
+  fields (set, not null or false) that belong to another architecture: they would change the numbers."""
+  fields = set(hf) - known
+  metadata = sorted(f for f in fields if _is_metadata(f))
+  if metadata:
+    logging.info("config.json: %s describe the checkpoint, not the model; ignored", metadata)
+  foreign = sorted(f for f in fields - set(metadata) if f in _MODEL_FIELDS and hf[f] not in (None, False))
+  unknown = sorted(fields - set(metadata) - set(foreign) - _MODEL_FIELDS)
+  if unknown:
+    logging.warning("config.json: fields %s are not known to r1's %s reader and are ignored; check that "
+                    "they do not change the model", unknown, reader)
+  return foreign
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,9 +195,10 @@ def _deepseek_config_from_hf(hf: dict) -> dict:
       "hidden_act", "attention_bias", "mlp_bias", "moe_layer_freq", "rope_parameters", "rope_scaling",
       "rope_theta", "rope_interleave", "topk_method", "scoring_func", "n_group", "topk_group",
       "quantization_config"}
-  unknown = sorted(set(hf) - known)
-  if unknown:
-    raise CheckpointError(f"config.json fields {unknown} are not supported by r1's DeepSeek model")
+  foreign = _check_fields(hf, known, "DeepSeek")
+  if foreign:
+    raise CheckpointError(f"config.json fields {foreign} are not supported by r1's DeepSeek model (they "
+                          "would change it)")
   return out
 
 
@@ -191,8 +224,7 @@ def _dense_config_from_hf(hf: dict) -> dict:
   problems = []
   if hf.get("hidden_act", "silu") != "silu":
     problems.append(f"hidden_act={hf['hidden_act']!r} (only silu is supported)")
-  known = _METADATA_FIELDS | set(defaults) | {"head_dim", "hidden_act", "rope_theta", "rope_scaling",
-                                              "rope_parameters", "layer_types"}
+  known = set(defaults) | {"head_dim", "hidden_act", "rope_theta", "rope_scaling", "rope_parameters", "layer_types"}
   if model_type == "qwen2":
     known |= {"use_sliding_window", "sliding_window", "max_window_layers", "use_mrope"}
     if hf.get("use_sliding_window"):
@@ -200,7 +232,9 @@ def _dense_config_from_hf(hf: dict) -> dict:
     if hf.get("use_mrope"):
       problems.append("use_mrope=true (multimodal RoPE)")
   else:
-    known |= {"attention_bias", "mlp_bias", "pretraining_tp"}
+    known |= {"attention_bias", "mlp_bias", "pretraining_tp", "rope_interleaved"}
+    if hf.get("rope_interleaved"):
+      problems.append("rope_interleaved=true (Llama rotates half-split heads)")
     if hf.get("attention_bias"):
       problems.append("attention_bias=true (Llama's biases o_proj too; r1's GQA has q/k/v biases only)")
     if hf.get("mlp_bias"):
@@ -210,9 +244,9 @@ def _dense_config_from_hf(hf: dict) -> dict:
   sliding = sorted({t for t in hf.get("layer_types") or () if t != "full_attention"})
   if sliding and not hf.get("use_sliding_window"):
     problems.append(f"layer_types {sliding} (only full_attention is supported)")
-  unknown = sorted(set(hf) - known)
-  if unknown:
-    problems.append(f"fields {unknown} (not known to r1's {model_type} reader)")
+  foreign = _check_fields(hf, known, model_type)
+  if foreign:
+    problems.append(f"fields {foreign} (not used by r1's {model_type} model, and they would change it)")
   if problems:
     raise CheckpointError(f"config.json (model_type={model_type!r}) is not supported: {'; '.join(problems)}")
   return out
