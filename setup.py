@@ -36,10 +36,12 @@ setuptools.setup(
         # Hugging Face tokenizer.json (DeepSeek-V3, Qwen) and Parquet prompt sources; jinja2 renders a
         # tokenizer's chat_template (the `hf_chat` prompt template of distillation students).
         "hf": ["tokenizers>=0.20", "pyarrow>=15", "jinja2>=3.1"],
+        # GGUF files (llama.cpp) -> HF checkpoints: python -m r1.tools.gguf_to_hf (numpy only, no torch).
+        "gguf": ["gguf>=0.17", "tokenizers>=0.20"],
         # nbclient + ipykernel: CI executes the notebooks in a real kernel, as Colab would; jinja2 for
         # the hf_chat template tests.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "tokenizers>=0.20", "pyarrow>=15", "jinja2>=3.1",
-                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "gguf>=0.17"],
         # Only to regenerate tests/fixtures and for side-by-side benchmarks; never imported by r1.
         "fixtures": ["torch>=2.5", "transformers>=4.57", "accelerate>=1.10.1", "trl>=1.16"],
     },
