@@ -25,7 +25,7 @@ import re
 
 import sympy
 
-from r1.rewards import equivalence
+from r1.rewards import symbolic
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 # math-verify warns once that its timeouts are off: here the worker's hard kill is the timeout.
@@ -85,13 +85,11 @@ def numerically_sane(gold, pred) -> bool:
   finite_g, finite_p = vg.is_finite is True, vp.is_finite is True
   if not (finite_g and finite_p):
     return (not finite_g and not finite_p) and bool(vg == vp)  # oo == oo; nan, zoo equal nothing.
-  if vg == 0 or vp == 0:
-    return bool(vg == vp)
-  big, small = sympy.Max(sympy.Abs(vg), sympy.Abs(vp)), sympy.Min(sympy.Abs(vg), sympy.Abs(vp))
-  if big <= _FLOAT_SAFE and small >= 1 / _FLOAT_SAFE:
-    return True  # In float range: math-verify's rounding (and its percent rule, 28% = 0.28) stands.
-  tolerance = sympy.Rational(equivalence.REL_TOL.numerator, equivalence.REL_TOL.denominator)
-  return bool(sympy.Abs(vg - vp) <= tolerance * big)
+  if vg != 0 and vp != 0:
+    big, small = sympy.Max(sympy.Abs(vg), sympy.Abs(vp)), sympy.Min(sympy.Abs(vg), sympy.Abs(vp))
+    if big <= _FLOAT_SAFE and small >= 1 / _FLOAT_SAFE:
+      return True  # In float range: math-verify's rounding (and its percent rule, 28% = 0.28) stands.
+  return symbolic.numbers_close(vg, vp)  # r1's policy: zero only equals zero, then REL_TOL.
 
 
 def answers_equal(pred_text: str, gold_text: str) -> bool:

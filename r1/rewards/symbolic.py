@@ -30,7 +30,7 @@ def to_sympy(s: str) -> sympy.Basic | None:
   return expr.xreplace(_CONSTANTS)
 
 
-def _numbers_close(va: sympy.Basic, vb: sympy.Basic) -> bool:
+def numbers_close(va: sympy.Basic, vb: sympy.Basic) -> bool:
   """The numeric policy on two finite values that mpmath evaluated (`sympy.N`, 30 digits).
 
   No conversion to Python floats: `complex()` of `10^{10^{10}}` is inf, and inf <= tol * inf made a
@@ -38,10 +38,10 @@ def _numbers_close(va: sympy.Basic, vb: sympy.Basic) -> bool:
   """
   if va == 0 or vb == 0:
     return bool(va == vb)
-  tolerance = sympy.Rational(equivalence.REL_TOL.numerator, equivalence.REL_TOL.denominator)
-  return bool(sympy.Abs(va - vb) <= tolerance * sympy.Max(sympy.Abs(va), sympy.Abs(vb)))
+  return bool(sympy.Abs(va - vb) <= _REL_TOL * sympy.Max(sympy.Abs(va), sympy.Abs(vb)))
 
 
+_REL_TOL = sympy.Rational(equivalence.REL_TOL.numerator, equivalence.REL_TOL.denominator)
 _INFINITIES = (sympy.oo, -sympy.oo)
 _NOT_FINITE = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
 
@@ -65,7 +65,7 @@ def _expressions_equal(a: sympy.Basic, b: sympy.Basic) -> bool:
     if va in _NOT_FINITE or vb in _NOT_FINITE:
       return va == vb and va in _INFINITIES  # oo == oo; 1/0 (zoo) and 0/0 (nan) equal nothing.
     if va.is_number and vb.is_number and va.is_finite and vb.is_finite:
-      return _numbers_close(va, vb)
+      return numbers_close(va, vb)
   if sympy.simplify(a - b) == 0:
     return True
   return a.equals(b) is True
