@@ -4,8 +4,8 @@ Design (why not multiprocessing.Pool): a Pool cannot cancel one stuck task, and 
 C-level big-integer power ignores signals and exceptions. Here every worker is a plain
 `python -c` subprocess (no fork of a trainer that holds JAX threads, no re-import of `__main__`)
 talking JSON lines over its stdin/stdout, so no pickle of untrusted data. An item that runs past
-its deadline gets its worker SIGKILLed and reaped, the item scores "not equal", and the slot
-restarts lazily on its next use. Belt and braces against orphans: each worker dies when its stdin
+its deadline gets its worker SIGKILLed and reaped, the item scores "not equal", and a replacement
+is spawned at once (its imports overlap the caller's work; the slot waits for it on its next use). Belt and braces against orphans: each worker dies when its stdin
 closes (parent gone), has PR_SET_PDEATHSIG=SIGKILL, arms SIGALRM (default action: terminate) for
 every item, and runs under an address-space limit. Workers run in their own session: a Ctrl-C or a
 SIGTERM sent to the trainer's process group must not kill them mid-item (their in-flight items

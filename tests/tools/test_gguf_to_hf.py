@@ -80,11 +80,11 @@ def test_converted_config_is_smollm2(smollm2):
       (49152, 2, 2, 1)
 
 
-def test_greedy_answers_are_the_models_own(smollm2):
+def test_greedy_answers_are_the_models_own(smollm2, smollm2_dir):
   # Completion and chat prompt in one batch (one compile): both must name the capital, and the
   # chat answer ends its turn with <|im_end|> (the eos id), as the instruct model was trained to.
   policy, tok = smollm2
-  chat = templates.render_chat_template(templates.read_chat_template(_policy_dir())[0],
+  chat = templates.render_chat_template(templates.read_chat_template(smollm2_dir)[0],
                                         [{"role": "user", "content": "What is the capital of France?"}])
   assert chat.endswith("<|im_start|>assistant\n")
   prompts = [tok.encode("The capital of France is"), tok.encode(chat)]
@@ -95,13 +95,9 @@ def test_greedy_answers_are_the_models_own(smollm2):
   assert "Paris" in texts[1] and texts[1].endswith("<|im_end|>"), texts
 
 
-def _policy_dir():
-  return os.path.join(CACHE, "smollm2-135m-instruct-hf")
-
-
-def test_chat_template_and_tokens_of_the_turn_markers(smollm2):
+def test_chat_template_and_tokens_of_the_turn_markers(smollm2, smollm2_dir):
   _, tok = smollm2
-  text = templates.render_chat_template(templates.read_chat_template(_policy_dir())[0],
+  text = templates.render_chat_template(templates.read_chat_template(smollm2_dir)[0],
                                         [{"role": "user", "content": "Hi"}], add_generation_prompt=True)
   assert text == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
                   "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
