@@ -84,7 +84,8 @@ def numerically_sane(gold, pred) -> bool:
     return True  # One side is not a plain number: math-verify's structural comparison decides.
   finite_g, finite_p = vg.is_finite is True, vp.is_finite is True
   if not (finite_g and finite_p):
-    return (not finite_g and not finite_p) and bool(vg == vp)  # oo == oo; nan, zoo equal nothing.
+    # oo == oo; 1/0 (zoo) and 0/0 (nan) equal nothing, as in symbolic._expressions_equal.
+    return (not finite_g and not finite_p) and bool(vg == vp) and vg in (sympy.oo, -sympy.oo)
   if vg != 0 and vp != 0:
     big, small = sympy.Max(sympy.Abs(vg), sympy.Abs(vp)), sympy.Min(sympy.Abs(vg), sympy.Abs(vp))
     if big <= _FLOAT_SAFE and small >= 1 / _FLOAT_SAFE:

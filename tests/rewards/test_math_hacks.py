@@ -71,3 +71,14 @@ def test_ordinary_values_still_match(grading_pool):
   rewards = math_reward.verify_batch(["\\boxed{\\infty}", "\\boxed{-\\infty}"], ["-\\infty", "\\infty"],
                                      pool=grading_pool)
   assert rewards.tolist() == [0.0, 0.0]
+
+
+def test_math_verify_veto_lets_only_the_same_infinity_through():
+  import sympy
+  from r1.rewards import math_verify_grader
+  assert math_verify_grader.numerically_sane(sympy.oo, sympy.oo)
+  assert not math_verify_grader.numerically_sane(sympy.oo, -sympy.oo)
+  assert not math_verify_grader.numerically_sane(sympy.zoo, sympy.zoo)  # sympy says zoo == zoo
+  assert not math_verify_grader.numerically_sane(sympy.nan, sympy.nan)
+  assert not math_verify_grader.numerically_sane(sympy.Integer(10) ** 400 + 1, sympy.Integer(7))
+  assert math_verify_grader.numerically_sane(sympy.Integer(28), sympy.Rational(28, 100))  # 28% = 0.28
