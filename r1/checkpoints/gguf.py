@@ -50,7 +50,10 @@ def _reader(path: str):
     import gguf  # Optional: pip install -e ".[gguf]".
   except ImportError as e:
     raise GGUFError("reading GGUF files needs the gguf package: pip install 'r1[gguf]' (or gguf>=0.17)") from e
-  return gguf, gguf.GGUFReader(path)
+  try:
+    return gguf, gguf.GGUFReader(path)
+  except (ValueError, IndexError, OSError) as e:  # Bad magic, truncated, empty: the reader's own words.
+    raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
 def read_metadata(reader) -> dict:

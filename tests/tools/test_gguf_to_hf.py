@@ -140,3 +140,17 @@ def test_unsupported_gguf_is_named(meta, message):
 def test_unsupported_tokenizer_is_named():
   with pytest.raises(gguf_lib.GGUFError, match="tokenizer.ggml.model='llama'"):
     gguf_lib.hf_tokenizer({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]})
+
+
+@pytest.mark.parametrize("content", [b"", b"not a gguf file at all", b"GGUF\x03\x00\x00\x00" + b"\x01" * 40],
+                         ids=["empty", "not_gguf", "truncated"])
+def test_unreadable_file_is_named_and_nothing_is_written(tmp_path, content, capsys):
+  pytest.importorskip("gguf", reason="the gguf extra is not installed (pip install -e '.[gguf]')")
+  path = tmp_path / "model.gguf"
+  path.write_bytes(content)
+  out = tmp_path / "out"
+  with pytest.raises(gguf_lib.GGUFError, match=f"{path}: not a readable GGUF file"):
+    gguf_lib.convert(str(path), str(out))
+  assert not out.exists()
+  assert gguf_to_hf.main([str(path), str(out)]) == 2
+  assert f"{path}: not a readable GGUF file" in capsys.readouterr().err
