@@ -133,15 +133,19 @@ def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimiz
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
-  ref = state.ref_params
-  if ref is not None and ref_update_every:
-    # R1 section 2.2.2 / DeepSeekMath: the reference is replaced by the policy every N updates.
-    refresh = step % ref_update_every == 0
-    ref = jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params, ref)
-  candidate = state.replace(step=step, params=params, opt_state=opt_state, ref_params=ref,
+  candidate = state.replace(step=step, params=params, opt_state=opt_state,
                             moe_bias=optim.update_moe_bias(state.moe_bias, expert_load, config, bias_update_rate, with_mtp))
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), candidate, state)
   new = new.replace(skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+  if state.ref_params is not None and ref_update_every:
+    # R1 section 2.2.2 / DeepSeekMath: the reference is replaced by the policy every N updates.
+    # The copy is the final new params (behind a barrier: XLA may not recompute the update for
+    # it). Taken from the update before the finite-select, XLA:CPU without LLVM's optimisations
+    # rounded the copy a few ulps away from the policy.
+    refresh = finite & (step % ref_update_every == 0)
+    params = jax.lax.optimization_barrier(new.params)
+    new = new.replace(params=params, ref_params=jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params,
+                                                             state.ref_params))
   metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
              "skipped": (~finite).astype(jnp.float32)}
   metrics.update(optim.expert_load_metrics(expert_load, config, with_mtp))

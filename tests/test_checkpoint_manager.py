@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from r1.checkpoints.manager import TrainCheckpointer
+from tests.child_env import child_env
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -289,8 +290,7 @@ _SHARDED = textwrap.dedent("""
 def test_sharded_state_restores_with_target_sharding(tmp_path):
   script = tmp_path / "sharded.py"
   script.write_text(_SHARDED)
-  env = dict(os.environ, PYTHONPATH=REPO_ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = child_env(4)
   proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], capture_output=True,
                         text=True, env=env, timeout=120)
   assert proc.returncode == 0, proc.stderr

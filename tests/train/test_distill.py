@@ -20,6 +20,7 @@ from configs import tiny_r1_zero
 from r1 import train_step as ts
 from r1.model import Transformer, get_model_config, init_variables
 from r1.train import common, distill, pipeline, sft
+from tests.child_env import child_env
 
 # Different architectures, one vocabulary (512): a two-layer DeepSeek-V3 (MLA + MoE) and a Qwen2.
 TEACHER = get_model_config("tiny_v3", num_hidden_layers=2)
@@ -284,9 +285,7 @@ print("RESULT " + json.dumps({
 
 def test_sharded_step_with_a_sharded_teacher_equals_one_device():
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=root, env=child_env(8), capture_output=True, text=True,
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])

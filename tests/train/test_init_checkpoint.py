@@ -19,6 +19,7 @@ from r1 import optim, train_step
 from r1.checkpoints.hf import CheckpointError
 from r1.checkpoints.manager import TrainCheckpointer, restore_variables
 from r1.train import common, pipeline, rl, sft
+from tests.child_env import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SFT_STEPS = 3
@@ -181,9 +182,7 @@ def test_sharded_restore_on_8_devices(sft_workdir):
       experts = policy.params["layers_1"]["mlp"]["experts_gate_proj"]
       print("SHARD", experts.shape, experts.addressable_shards[0].data.shape)
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=child_env(8), capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   shard_line = [line for line in proc.stdout.splitlines() if line.startswith("SHARD")][-1]
