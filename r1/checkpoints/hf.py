@@ -241,6 +241,16 @@ def _dense_config_from_hf(hf: dict) -> dict:
       problems.append("mlp_bias=true (r1's SwiGLU has no biases)")
     if hf.get("pretraining_tp", 1) != 1:
       problems.append(f"pretraining_tp={hf['pretraining_tp']} (only 1 is supported)")
+  # transformers records a GGUF source as quantization_config {quant_method: gguf} in the config it
+  # saves, but it dequantised the weights on load: they are plain floats, read as stored. Any other
+  # method (gptq, awq, bitsandbytes, fp8...) stores weights r1's dense reader cannot use.
+  known.add("quantization_config")
+  quant = (hf.get("quantization_config") or {}).get("quant_method")
+  if quant == "gguf":
+    logging.info("config.json: quantization_config names a GGUF source; its weights are read as stored")
+  elif quant is not None or hf.get("quantization_config"):
+    problems.append(f"quantization_config quant_method={quant!r} (r1's {model_type} reader reads unquantised "
+                    "weights)")
   sliding = sorted({t for t in hf.get("layer_types") or () if t != "full_attention"})
   if sliding and not hf.get("use_sliding_window"):
     problems.append(f"layer_types {sliding} (only full_attention is supported)")
