@@ -70,6 +70,9 @@ def get_config(arg: str | None = None):
   c.grpo.bias_update_rate = 0.0                  # keep the pretrained expert balance fixed in RL
   c.grpo.scale_by_std = True
   c.grpo.max_skipped_updates = 10               # Steps in a row with every update skipped (non-finite) that stop the run; 0: never
+  # When the planned update (r1.tools.plan) does not fit 80% of a device at the split below, use the
+  # fastest num_micro_batches / logits_chunk_size that does (logged); False: refuse with that advice.
+  c.grpo.fit_memory = True
   c.grpo.logits_chunk_size = 256                # LM head in time chunks: [B, chunk, V] logits at a time
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})

@@ -172,6 +172,40 @@ def _jit_step(step_fn, state_shardings, mesh):
   return _jit_in_mesh(step_fn, mesh, **kwargs)
 
 
+class UpdateMemoryError(ValueError):
+  """An update that cannot fit the device's memory; says which split to set instead."""
+
+
+def refuse_update_that_cannot_fit(config: ModelConfig, state: TrainState, rows: int, seq_len: int,
+                                  num_micro_batches: int, logits_chunk_size: int | None) -> None:
+  """Raises UpdateMemoryError, before XLA allocates, when one device cannot hold the update of
+  `rows` x `seq_len` tokens at this split (r1.tools.plan's estimate, within -20%/+30% of XLA's): with a
+  real vocabulary the [rows, T, V] logits alone are many GiB (SmolLM2's 49,152 tokens: 64 x 256 x
+  49,152 float32 logits are 3.2 GB, and the backward keeps three such). Names the fastest split
+  that fits; `state` may hold tracers (only shapes are read)."""
+  from r1.tools import plan as plan_lib  # pylint: disable=g-import-not-at-top  (the planner imports the library)
+  tree_bytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # pylint: disable=unnecessary-lambda-assignment
+  params = tree_bytes(state.params)
+  resident = tree_bytes((state.params, state.moe_bias, state.opt_state, state.ref_params))
+
+  def peak_of(m, chunk):
+    return plan_lib.update_peak_bytes(config, resident=resident, params=params, rows=rows, seq_len=seq_len,
+                                      num_micro_batches=m, logits_chunk=chunk)
+
+  limit = plan_lib.device_memory_bytes()
+  peak = peak_of(num_micro_batches, logits_chunk_size)
+  if peak <= limit:
+    return
+  split = plan_lib.fit_update_split(peak_of, rows, plan_lib.FIT_HEADROOM * limit)
+  advice = (f"set num_micro_batches={split[0]}, logits_chunk_size={split[1]}" if split else
+            "no micro-batch / logits-chunk split fits: shard the model over a mesh, or use fewer rows or tokens")
+  raise UpdateMemoryError(
+      f"the update of {rows} rows x {seq_len} tokens ({config.vocab_size}-token vocabulary) needs about "
+      f"{plan_lib.format_bytes(peak)} per device at num_micro_batches={num_micro_batches}, "
+      f"logits_chunk_size={logits_chunk_size}; the device has {plan_lib.format_bytes(limit)}: {advice} "
+      "(in a config: grpo.num_micro_batches, grpo.logits_chunk_size, or grpo.fit_memory=True)")
+
+
 # --- GRPO ---------------------------------------------------------------------------------------
 
 GRPO_SUM_KEYS = ("policy_loss", "kl_loss", "tokens", "kl", "ratio", "clip_low", "clip_high", "ratio_min",
@@ -269,6 +303,8 @@ def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float 
     bias_update_rate: aux-loss-free balancing speed gamma (0: off).
     group_size: G, only for the frac_reward_zero_std metric.
     state_shardings, mesh: for a sharded step (train_state_shardings); batch arrays carry their own.
+  Raises UpdateMemoryError when it is first traced, if one device cannot hold the update at this
+  split (unsharded steps; it names the split to use).
   Metrics: loss, policy_loss, kl_loss, kl, entropy, clip_ratio/{low,high,region}_mean,
     ratio/{mean,min,max}, advantages/{mean,std}, frac_reward_zero_std, grad_norm, learning_rate,
     skipped (updates skipped for non-finite values this call), expert_load/<layer>/{min,max,entropy}
@@ -289,6 +325,8 @@ def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float 
     return state, metrics, lp
 
   def step(state: TrainState, batch: dict):
+    if mesh is None:   # Sharded: the stage plans per-device memory (r1.train.common.update_split).
+      refuse_update_that_cannot_fit(config, state, *batch["tokens"].shape, num_micro_batches, logits_chunk_size)
     ref_lp = batch.get("ref_logprobs")
     if kl_coef and ref_lp is None:
       if state.ref_params is None:

@@ -24,6 +24,7 @@ XLA:CPU's compiled memory; XLA:CPU schedules a remat'd layer's recomputation ear
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -270,7 +271,47 @@ def sampler_bytes(mc: ModelConfig, prompts: int, samples: int, prompt_len: int, 
   return {"kv_cache": kv, "decode_state": decode_state, "working": max(prefill * prompts * prompt_len, decode)}
 
 
-def plan(config, mesh_shape: dict | None = None, topology: str = "cpu-1") -> dict:
+# LM-head chunks the split search tries, whole first: chunking only bounds the [rows, chunk, V] logits.
+LOGITS_CHUNKS = (None, 1024, 512, 256, 128)
+# The share of a device's memory an automatically chosen split may plan to use: the estimate is
+# within -20%/+30% of XLA's compiled memory (tests/tools/test_plan.py, tests/train/test_update_memory.py),
+# and collectives and fragmentation are not counted.
+FIT_HEADROOM = 0.8
+
+
+def device_memory_bytes(device=None) -> int:
+  """Memory of one JAX device: the allocator's limit on an accelerator, this machine's memory on the CPU."""
+  device = device or jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return host_memory_bytes() // max(1, len(jax.local_devices()) if device.platform == "cpu" else 1)
+
+
+def update_peak_bytes(mc: ModelConfig, *, resident: int, params: int, rows: int, seq_len: int,
+                      num_micro_batches: int, logits_chunk: int | None, batch_shards: int = 1, tensor: int = 1) -> int:
+  """Per-device peak of one update of `rows` sequences of `seq_len` tokens: the resident state
+  (params, Adam, reference), the gradients (plus their accumulator with micro-batches) and one
+  micro-batch's activations (`activation_bytes`, its rows split over `batch_shards`)."""
+  micro_rows = -(-(rows // num_micro_batches) // batch_shards)
+  grads = params * (2 if num_micro_batches > 1 else 1)
+  return resident + grads + sum(activation_bytes(mc, micro_rows, seq_len, logits_chunk, tensor).values())
+
+
+def fit_update_split(peak_of, rows: int, limit: float) -> tuple[int, int | None] | None:
+  """The fastest (num_micro_batches, logits_chunk_size) with peak_of(mb, chunk) <= limit, or None.
+
+  Fewer micro-batches first (each one is another pass over the weights), then larger LM-head
+  chunks; num_micro_batches divides `rows`."""
+  for num_micro_batches in (m for m in range(1, rows + 1) if rows % m == 0):
+    for chunk in LOGITS_CHUNKS:
+      if peak_of(num_micro_batches, chunk) <= limit:
+        return num_micro_batches, chunk
+  return None
+
+
+def plan(config, mesh_shape: dict | None = None, topology: str = "cpu-1", device_bytes: int | None = None,
+         model_config: ModelConfig | None = None) -> dict:
   """Per-device memory of `config`'s training stage on `topology`, and whether it fits.
 
   Args:
@@ -279,16 +320,19 @@ def plan(config, mesh_shape: dict | None = None, topology: str = "cpu-1") -> dic
     mesh_shape: {axis: size} over data/fsdp/expert/tensor, one axis may be -1; None:
       config.mesh.shape.
     topology: "v5p-1024", "v6e-256", "v5e-16", "v4-32", or "cpu-<devices>".
+    device_bytes: memory per device, instead of the topology's (the devices a run really has).
+    model_config: the policy's ModelConfig, instead of the one `model_config_of(config)` derives.
   Returns:
     {"model", "topology", "mesh", "device_bytes", "workload", "remat", "components": {name: bytes},
      "train_peak", "rollout_peak", "peak", "fits", "margin" (device bytes - peak), "notes"}; all
     byte counts are per device.
   """
-  num_devices, device_bytes = topology_devices(topology)
+  num_devices, topology_bytes = topology_devices(topology)
+  device_bytes = device_bytes or topology_bytes
   if mesh_shape is None:
     mesh_shape = dict((config.get("mesh") or {}).get("shape") or {"data": -1})
   mesh_shape = resolve_mesh_shape(mesh_shape, num_devices)
-  mc = model_config_of(config)
+  mc = model_config or model_config_of(config)
   work = workload_of(config)
   notes = []
   if not (config.get("init") or {}).get("hf_dir") and mc.param_dtype != mc.dtype:
@@ -314,6 +358,9 @@ def plan(config, mesh_shape: dict | None = None, topology: str = "cpu-1") -> dic
                 "reference": state["params_only"] if work.reference else 0, "activations": sum(act.values())}
   resident = components["params"] + components["adam"] + components["reference"]
   train_peak = resident + grads + components["activations"]
+  peak_of = functools.partial(update_peak_bytes, mc, resident=resident, params=state["params_only"],
+                              rows=work.rows, seq_len=work.seq_len, batch_shards=batch_shards, tensor=tensor)
+  assert peak_of(num_micro_batches=work.num_micro_batches, logits_chunk=work.logits_chunk) == train_peak
   rollout_peak = 0
   if work.max_new_tokens:
     prompts = -(-work.prompts // batch_shards)
@@ -330,6 +377,10 @@ def plan(config, mesh_shape: dict | None = None, topology: str = "cpu-1") -> dic
       "components": components, "activation_detail": act, "train_peak": train_peak,
       "rollout_peak": rollout_peak, "peak": peak, "fits": peak <= device_bytes, "margin": device_bytes - peak,
       "notes": notes,
+      # The fastest update split whose train peak (and the rollout's) fits FIT_HEADROOM of the device.
+      "fitting_split": (fit_update_split(lambda m, c: peak_of(num_micro_batches=m, logits_chunk=c), work.rows,
+                                         FIT_HEADROOM * device_bytes)
+                        if rollout_peak <= FIT_HEADROOM * device_bytes else None),
   }
 
 
@@ -358,6 +409,12 @@ def format_plan(p: dict) -> str:
     lines.append(f"fits: {format_bytes(p['peak'])} peak, {format_bytes(p['margin'])} left")
   else:
     lines.append(f"does not fit by {format_bytes(-p['margin'])}")
+  if p["fitting_split"] and p["fitting_split"] != (w["num_micro_batches"], w["logits_chunk"]):
+    m, c = p["fitting_split"]
+    lines.append(f"within {FIT_HEADROOM:.0%} of the device: num_micro_batches={m}, logits_chunk_size={c}")
+  elif p["fitting_split"] is None:
+    lines.append(f"no micro-batch / logits-chunk split fits {FIT_HEADROOM:.0%} of the device: shard the model "
+                 "(mesh fsdp/tensor), or fewer rows or tokens")
   lines += [f"note: {n}" for n in p["notes"]]
   return "\n".join(lines)
 

@@ -129,6 +129,40 @@ def build_mesh(config):
   return sharding.make_mesh(shape, dcn_data=dcn_data)
 
 
+def update_split(config, mesh, model_config) -> tuple[int, int | None]:
+  """(num_micro_batches, logits_chunk_size) for the GRPO update: config.grpo's, unless the memory
+  planner (r1.tools.plan: `model_config`, these devices' memory, this mesh) finds that its peak exceeds
+  FIT_HEADROOM of a device. Then, with grpo.fit_memory, the fastest split that fits (logged);
+  without it, or when no split fits, a ValueError that says what to set."""
+  from r1.tools import plan as plan_lib  # pylint: disable=g-import-not-at-top  (the planner imports the library)
+  gc = config.grpo
+  configured = (gc.num_micro_batches, gc.logits_chunk_size)
+  mesh_shape = {k: int(v) for k, v in mesh.shape.items()} if mesh is not None else {"data": 1}
+  p = plan_lib.plan(config, mesh_shape, f"cpu-{jax.device_count()}", device_bytes=plan_lib.device_memory_bytes(),
+                    model_config=model_config)
+  limit = plan_lib.FIT_HEADROOM * p["device_bytes"]
+  if p["peak"] <= limit:
+    return configured
+  planned = (f"the planned peak {plan_lib.format_bytes(p['peak'])} per device (train "
+             f"{plan_lib.format_bytes(p['train_peak'])}, rollout {plan_lib.format_bytes(p['rollout_peak'])}) at "
+             f"num_micro_batches={configured[0]}, logits_chunk_size={configured[1]} is over "
+             f"{plan_lib.FIT_HEADROOM:.0%} of the {plan_lib.format_bytes(p['device_bytes'])} a device has")
+  split = p["fitting_split"]
+  if split is None:
+    if p["peak"] <= p["device_bytes"]:
+      logging.warning("%s; no split has more room: it may not fit", planned)
+      return configured
+    raise ValueError(f"{planned}, and no micro-batch / logits-chunk split fits: shard the model over more "
+                     "devices (mesh fsdp/tensor), or use fewer prompts, samples or tokens")
+  if not gc.fit_memory:
+    if p["peak"] <= p["device_bytes"]:
+      return configured
+    raise ValueError(f"{planned}: set --config.grpo.num_micro_batches={split[0]} "
+                     f"--config.grpo.logits_chunk_size={split[1]} (or --config.grpo.fit_memory=true)")
+  logging.warning("%s: using num_micro_batches=%d, logits_chunk_size=%s instead (grpo.fit_memory)", planned, *split)
+  return split
+
+
 def data_shard(global_batch: int, mesh) -> dict:
   """The data pipeline's batch_size / process_index / process_count for this process's share of
   global batches of `global_batch` rows: the block of rows its devices hold

@@ -114,11 +114,12 @@ def run(config, workdir: str) -> dict:
   if mesh is not None:
     state_shardings = train_step.train_state_shardings(mc, optimizer, mesh, with_reference=gc.kl_coef > 0)
     state = jax.device_put(state, state_shardings)
+  num_micro_batches, logits_chunk_size = common.update_split(config, mesh, mc)
   update = train_step.make_grpo_step(
       mc, optimizer, schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.get("clip_eps_high"), kl_coef=gc.kl_coef,
-      loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=gc.num_micro_batches,
+      loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=num_micro_batches,
       ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate, group_size=g,
-      logits_chunk_size=gc.get("logits_chunk_size"), state_shardings=state_shardings, mesh=mesh)
+      logits_chunk_size=logits_chunk_size, state_shardings=state_shardings, mesh=mesh)
 
   # This process's rows of each global batch of config.data.batch_size prompts (all of them with
   # one process).
@@ -183,7 +184,7 @@ def run(config, workdir: str) -> dict:
   # The reference forward is dispatched right after generation and runs on the device while the
   # host decodes and scores (JAX dispatch is asynchronous); the step then skips it.
   reference_fn = train_step.make_reference_logprobs_fn(
-      mc, num_micro_batches=gc.num_micro_batches, logits_chunk_size=gc.get("logits_chunk_size"),
+      mc, num_micro_batches=num_micro_batches, logits_chunk_size=logits_chunk_size,
       mesh=mesh) if gc.kl_coef else None
 
   def loss_mask_of(mask, stopped):
