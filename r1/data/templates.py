@@ -70,22 +70,29 @@ TEMPLATES = {
 
 
 HF_CHAT = "hf_chat"
+# R1-Zero's instructions in a chat model's own format: its system turn says them (Table 1's text up
+# to its "User: ... Assistant:" framing, which the chat template's role markers replace), the user
+# turn is the question (R1-Zero straight from an instruct model: configs/r1_zero_smollm2.py).
+HF_CHAT_R1_ZERO = "hf_chat_r1_zero"
+R1_ZERO_INSTRUCTIONS = R1_ZERO_TEMPLATE.split(" User: {prompt}", 1)[0]
 
 
 def get_template(name: str, tokenizer_path: str | None = None) -> Template:
-  """The template called `name`: one of r1_zero, r1_chat, plain, or hf_chat (the chat template of
-  the Hugging Face tokenizer at `tokenizer_path`; `hf_chat:<dir>` names the directory itself)."""
-  if name == HF_CHAT or name.startswith(HF_CHAT + ":"):
-    path = name[len(HF_CHAT) + 1:] or tokenizer_path
-    if not path:
-      raise ValueError(f"prompt template {name!r} reads a Hugging Face tokenizer's chat template: set "
-                       "config.tokenizer.path to the tokenizer directory, or name it: 'hf_chat:/path/to/dir'")
-    return hf_chat_template(path)
+  """The template called `name`: one of r1_zero, r1_chat, plain, hf_chat (the chat template of the
+  Hugging Face tokenizer at `tokenizer_path`; `hf_chat:<dir>` names the directory itself), or
+  hf_chat_r1_zero (that chat template with R1-Zero's instructions as the system turn)."""
+  for chat, system in ((HF_CHAT_R1_ZERO, R1_ZERO_INSTRUCTIONS), (HF_CHAT, None)):
+    if name == chat or name.startswith(chat + ":"):
+      path = name[len(chat) + 1:] or tokenizer_path
+      if not path:
+        raise ValueError(f"prompt template {name!r} reads a Hugging Face tokenizer's chat template: set "
+                         f"config.tokenizer.path to the tokenizer directory, or name it: '{chat}:/path/to/dir'")
+      return hf_chat_template(path, system=system)
   try:
     return TEMPLATES[name]
   except KeyError:
-    raise ValueError(f"unknown prompt template {name!r}; expected one of {sorted(TEMPLATES) + [HF_CHAT]}") \
-        from None
+    raise ValueError(f"unknown prompt template {name!r}; expected one of "
+                     f"{sorted(TEMPLATES) + [HF_CHAT, HF_CHAT_R1_ZERO]}") from None
 
 
 # --- Hugging Face chat templates -----------------------------------------------------------------
@@ -96,16 +103,23 @@ _QUESTION_SENTINEL = "R1QuestionSentinel7f3c9a"
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
+def _tokenizer_config(tokenizer_path: str) -> dict:
+  """tokenizer_config.json of a tokenizer directory (or a file in it); {} if there is none."""
+  directory = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
+  config_path = os.path.join(directory, "tokenizer_config.json")
+  if not os.path.exists(config_path):
+    return {}
+  with open(config_path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def read_chat_template(tokenizer_path: str) -> tuple[str, dict[str, str]]:
   """(the Jinja2 chat template, special token strings {bos_token, eos_token, ...}) of a Hugging Face
   tokenizer directory (or a file in it): tokenizer_config.json `chat_template` (a string, or a list
   of named templates of which "default"), else chat_template.jinja (newer transformers)."""
   directory = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
   config_path = os.path.join(directory, "tokenizer_config.json")
-  config = {}
-  if os.path.exists(config_path):
-    with open(config_path, encoding="utf-8") as f:
-      config = json.load(f)
+  config = _tokenizer_config(tokenizer_path)
   source = config.get("chat_template")
   if isinstance(source, list):
     named = {t.get("name"): t.get("template") for t in source}
@@ -185,18 +199,20 @@ def _undefined_variable_class():
   return type("UndefinedVariable", (jinja2.Undefined,), methods)
 
 
-def hf_chat_template(tokenizer_path: str) -> Template:
+def hf_chat_template(tokenizer_path: str, system: str | None = None) -> Template:
   """The `hf_chat` Template of a Hugging Face tokenizer directory (see read_chat_template).
 
-  One user turn [{"role": "user", "content": question}] with add_generation_prompt=True renders
-  as prefix + question + suffix: the prompt. A leading bos token is dropped from the prefix (the
-  pipeline adds the bos id). The SFT response is the completion as is (a jsonl source's teacher
+  One user turn [{"role": "user", "content": question}] (after a system turn saying `system`, if
+  given) with add_generation_prompt=True renders as prefix + question + suffix: the prompt. A
+  leading bos token is dropped from the prefix when the tokenizer prepends one (the pipeline adds
+  the bos id then). The SFT response is the completion as is (a jsonl source's teacher
   text), then the tokenizer's eos; synthetic worked solutions are `<think>\n{reasoning}\n</think>`
   and the answer tags, without the `<think>` when the template already opens it (R1-Distill).
   """
   source, specials = read_chat_template(tokenizer_path)
   try:
-    text = render_chat_template(source, [{"role": "user", "content": _QUESTION_SENTINEL}], **specials)
+    messages = [{"role": "system", "content": system}] if system else []
+    text = render_chat_template(source, messages + [{"role": "user", "content": _QUESTION_SENTINEL}], **specials)
   except ValueError as e:
     raise ValueError(f"{tokenizer_path}: {e}") from None
   if text.count(_QUESTION_SENTINEL) != 1:
@@ -204,11 +220,13 @@ def hf_chat_template(tokenizer_path: str) -> Template:
                      f"content {text.count(_QUESTION_SENTINEL)} times, expected once verbatim: {text!r}")
   prefix, suffix = text.split(_QUESTION_SENTINEL)
   bos = specials.get("bos_token")
-  if bos and prefix.startswith(bos):
+  # Only a bos the tokenizer prepends itself (r1.tokenizer's rule): SmolLM2's bos_token is
+  # <|im_start|> with add_bos_token false, so there the prefix's first <|im_start|> is the chat's.
+  if bos and prefix.startswith(bos) and _tokenizer_config(tokenizer_path).get("add_bos_token") is not False:
     prefix = prefix[len(bos):]
   if "{prompt}" in prefix + suffix:
     raise ValueError(f"{tokenizer_path}: the chat template renders a literal '{{prompt}}' around the question")
-  template = Template(HF_CHAT, prefix + "{prompt}" + suffix)
+  template = Template(HF_CHAT_R1_ZERO if system == R1_ZERO_INSTRUCTIONS else HF_CHAT, prefix + "{prompt}" + suffix)
   response = ("{reasoning}\n</think>\n<answer>{answer}</answer>" if template.opens_think
               else "<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>")
   return dataclasses.replace(template, response_format=response)

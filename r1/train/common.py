@@ -102,7 +102,12 @@ def stop_tokens(config, tokenizer) -> list[int]:
   """EOS, plus `</answer>` when config.rollout.stop_at_answer (R1 templates end there)."""
   stops = [tokenizer.eos_id]
   if config.rollout.get("stop_at_answer", False):
-    stops.append(tokenizer.token_to_id("</answer>"))
+    answer_end = tokenizer.token_to_id("</answer>")
+    if answer_end is None:
+      raise ValueError(f"rollout.stop_at_answer: '</answer>' is {len(tokenizer.encode('</answer>'))} tokens in this "
+                       "vocabulary, and the sampler stops on single tokens: set --config.rollout.stop_at_answer=false "
+                       "(a chat model ends its turn with its eos token)")
+    stops.append(answer_end)
   return stops
 
 

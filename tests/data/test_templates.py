@@ -149,3 +149,28 @@ def test_hf_chat_errors_name_the_problem(tmp_path):
       "{% if messages[0].role == 'user' %}{{ raise_exception('needs a system message first') }}{% endif %}"))
   with pytest.raises(ValueError, match="needs a system message first"):
     templates.get_template("hf_chat", raising)
+
+
+# SmolLM2-135M-Instruct's chat template (its tokenizer_config.json), default system turn included.
+SMOLLM2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+           "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+           "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_hf_chat_keeps_a_bos_the_tokenizer_does_not_add_and_says_r1_zero_in_the_system_turn(tmp_path):
+  # SmolLM2's bos_token is <|im_start|> with add_bos_token false: the pipeline adds no bos, so the
+  # chat's first <|im_start|> must stay in the prompt text.
+  path = write_tokenizer_config(tmp_path / "smollm2", chat_template=SMOLLM2, bos_token="<|im_start|>",
+                                eos_token="<|im_end|>", add_bos_token=False)
+  assert templates.get_template("hf_chat", path).render_prompt("Hi") == (
+      "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+      "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+  t = templates.get_template("hf_chat_r1_zero", path)
+  assert t.name == "hf_chat_r1_zero" and not t.opens_think
+  assert t.render_prompt("What is 2 + 3?") == (
+      f"<|im_start|>system\n{templates.R1_ZERO_INSTRUCTIONS}<|im_end|>\n"
+      "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
+  assert templates.R1_ZERO_INSTRUCTIONS.startswith("A conversation between User and Assistant.")
+  assert templates.R1_ZERO_INSTRUCTIONS.endswith("<answer> answer here </answer>.")
+  assert templates.get_template("hf_chat_r1_zero:" + path) == t
