@@ -59,10 +59,18 @@ def test_unknown_field_is_a_warning_that_names_it(caplog):
     ({"sliding_window": 4096}, r"fields \['sliding_window'\]"),
     ({"kv_lora_rank": 512}, r"fields \['kv_lora_rank'\]"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope type 'dynamic' is not supported"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "quantization_config quant_method='gptq'"),
+    ({"quantization_config": {"load_in_4bit": True}}, "quantization_config quant_method=None"),
 ])
 def test_fields_that_change_the_numbers_are_still_refused(changes, message):
   with pytest.raises(hf.CheckpointError, match=message):
     hf.config_from_hf(dict(LLAMA, **changes))
+
+
+def test_a_gguf_source_named_in_quantization_config_is_provenance():
+  # transformers' save_pretrained of a model it read from a GGUF (it dequantised the weights).
+  gguf = {"quant_method": "gguf", "dequantize": False, "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+  assert hf.config_from_hf(dict(LLAMA, quantization_config=gguf)) == hf.config_from_hf(LLAMA)
 
 
 def test_foreign_fields_set_to_null_or_false_are_harmless():
