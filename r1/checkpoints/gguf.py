@@ -72,6 +72,12 @@ def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
   return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _float32_value(value) -> float:
+  """The shortest decimal that reads back as this float32 (GGUF stores float32: the Hub config's
+  1e-05 arrives as 9.999999747378752e-06, which is the same float32 but not the same config)."""
+  return float(np.format_float_scientific(np.float32(value), unique=True, trim="-"))
+
+
 def hf_config(meta: dict, tied: bool) -> dict:
   """config.json of a llama-family GGUF's metadata (Hugging Face LlamaConfig field names)."""
   arch = meta.get("general.architecture")
@@ -99,8 +105,8 @@ def hf_config(meta: dict, tied: bool) -> dict:
       "num_key_value_heads": int(get("attention.head_count_kv", heads, required=False)),
       "head_dim": int(get("rope.dimension_count", hidden // heads, required=False)),
       "max_position_embeddings": int(get("context_length")),
-      "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
-      "rope_theta": float(get("rope.freq_base", 10000.0, required=False)),
+      "rms_norm_eps": _float32_value(get("attention.layer_norm_rms_epsilon")),
+      "rope_theta": _float32_value(get("rope.freq_base", 10000.0, required=False)),
       "vocab_size": int(get("vocab_size", len(tokens), required=False)),
       "tie_word_embeddings": tied, "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
   }

@@ -8,14 +8,21 @@ model's greedy answer to a factual prompt garbage, not "Paris". tests/tools/test
 compares the same conversion with transformers' own reading of the GGUF.
 """
 
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from r1 import sampling
 from r1.checkpoints import gguf as gguf_lib
+from r1.checkpoints import hf
 from r1.data import templates
 from r1.tools import gguf_to_hf
+
+PUBLISHED_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "hf_configs",
+                                "smollm2_135m_instruct.json")
 
 
 def test_converted_config_is_smollm2(smollm2):
@@ -27,6 +34,10 @@ def test_converted_config_is_smollm2(smollm2):
   assert "lm_head" not in policy.params
   assert (tok.vocab_size, tok.eos_id, tok.token_to_id("<|im_end|>"), tok.token_to_id("<|im_start|>")) == \
       (49152, 2, 2, 1)
+  # The published Hub config.json reads to exactly the converted model's config (1e-05, not the
+  # GGUF's float32 9.999999747378752e-06).
+  with open(PUBLISHED_CONFIG) as f:
+    assert hf.config_from_hf(json.load(f)) == c
 
 
 def test_greedy_answers_are_the_models_own(smollm2, smollm2_dir):
