@@ -165,3 +165,26 @@ def test_addition_working_errors_see_false_columns_and_dropped_carries():
   # GRPO's shortcut: the carry is added to the total but written as 0.
   shortcut = right.replace("5 + 6 + 1 = 12", "5 + 6 + 0 = 12")
   assert arithmetic.addition_working_errors(shortcut) == {"false_columns": 1, "dropped_carries": 1}
+
+
+def test_arithmetic_math_grader_routes_to_the_fields_grader():
+  from r1.rewards import accuracy  # pylint: disable=g-import-not-at-top
+  exact = tasks.ArithmeticTask(min_digits=1, max_digits=2, ops="+")
+  graded = tasks.ArithmeticTask(min_digits=1, max_digits=2, ops="+", grader="math")
+  e, g = exact.example(0, 3), graded.example(0, 3)
+  assert (e.prompt, e.gold, e.meta) == (g.prompt, g.gold, g.meta)   # the same problems
+  assert (e.verifier, g.verifier) == ("arithmetic", "math")
+  a, b = g.meta["a"], g.meta["b"]
+  completions = [
+      f"{a} + {b} = {a + b}",                                      # what a chat model writes
+      f"<think>{a} plus {b}</think> <answer>{a + b}</answer>",
+      f"{a} + {b} = {a + b + 1}",
+      " ".join(str(n) for n in range(200)),                        # listing numbers games nothing
+      f"<answer>{a + b - 1}</answer> so maybe {a + b}",            # the committed answer counts
+  ]
+  got = accuracy.accuracy_reward(completions, [g] * len(completions))
+  assert got.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+  # The exact grader wants the committed integer only.
+  assert accuracy.accuracy_reward(completions, [e] * len(completions)).tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+  with pytest.raises(ValueError, match="grader 'sympy'"):
+    tasks.ArithmeticTask(grader="sympy")

@@ -20,6 +20,8 @@ import numpy as np
 from r1.data.sources import PromptExample
 
 _OP_NAMES = {"+": "add", "-": "subtract", "*": "multiply"}
+# grader -> the PromptExample.verifier that r1.rewards.accuracy and r1.evaluate route by.
+_GRADERS = {"exact": "arithmetic", "math": "math"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +35,16 @@ class ArithmeticTask:
     slip_rate: the probability that a worked solution (of + and -) forgets a carry or borrow, per
       carry or borrow, the working going on consistently to the answer it ends at. The prompts'
       gold answers stay right. 0 (the default) gives exact working.
+    grader: how the prompts' answers are checked. "exact" (the default): the answer the completion
+      commits to (`<answer>`, `\\boxed{}`, "the answer is ...") must be the integer. "math": the
+      field's grader, as GSM8K is graded (r1.rewards.math, math-verify on the `<answer>` block or
+      else the completion's tail), which also accepts a pretrained chat model's "3 + 5 = 8".
   """
   min_digits: int = 1
   max_digits: int = 3
   ops: str = "+-*"
   slip_rate: float = 0.0
+  grader: str = "exact"
   name = "arithmetic"
 
   def __post_init__(self):
@@ -48,6 +55,8 @@ class ArithmeticTask:
       raise ValueError(f"arithmetic ops {self.ops!r}: expected a non-empty subset of '+-*'")
     if not 0.0 <= self.slip_rate <= 1.0:
       raise ValueError(f"arithmetic slip_rate={self.slip_rate}: expected a fraction in [0, 1]")
+    if self.grader not in _GRADERS:
+      raise ValueError(f"arithmetic grader {self.grader!r}: expected one of {sorted(_GRADERS)}")
 
   def example(self, seed: int, index: int) -> PromptExample:
     """Example `index` of the stream for `seed`; random access, the same on every host."""
@@ -58,7 +67,7 @@ class ArithmeticTask:
       a, b = b, a
     gold = {"+": a + b, "-": a - b, "*": a * b}[op]
     return PromptExample(id=f"arithmetic:{seed}:{index}", prompt=f"What is {a} {op} {b}?",
-                         gold=str(gold), verifier=self.name, meta={"a": a, "b": b, "op": op})
+                         gold=str(gold), verifier=_GRADERS[self.grader], meta={"a": a, "b": b, "op": op})
 
   def worked_solution(self, example: PromptExample) -> tuple[str, str]:
     """(step-by-step column working, the answer it ends at): exact, or with a slip (slip_rate)."""
