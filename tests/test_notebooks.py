@@ -1,6 +1,8 @@
 """Notebooks execute top to bottom in a real Jupyter kernel (nbclient), so they never rot.
 
-The tiny R1-Zero notebook runs in its quick mode (R1_QUICK=1), the CI smoke run of the repro.
+The R1-Zero notebooks run in their quick mode (R1_QUICK=1): the tiny one is the CI smoke run of
+the repro, the SmolLM2 one that of configs/r1_zero_smollm2.py:quick on the real model (converted
+once by the session fixture and handed to the notebook in R1_HF_DIR).
 """
 
 import json
@@ -35,12 +37,37 @@ def run_notebook(name: str, env: dict, kernel_dir: str, monkeypatch) -> nbformat
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, tmp_path, monkeypatch):
-  nb = run_notebook(name, {"R1_QUICK": "1", "R1_WORKDIR": str(tmp_path / "workdir"), "JAX_PLATFORMS": "cpu"},
-                    str(tmp_path / "jupyter"), monkeypatch)
+def test_notebook_runs(name, tmp_path, monkeypatch, request):
+  env = {"R1_QUICK": "1", "R1_WORKDIR": str(tmp_path / "workdir"), "JAX_PLATFORMS": "cpu"}
+  if name == "r1_zero_smollm2.ipynb":
+    env["R1_HF_DIR"] = request.getfixturevalue("smollm2_dir")   # skips (with the reason) if it cannot be fetched
+  nb = run_notebook(name, env, str(tmp_path / "jupyter"), monkeypatch)
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
   assert not errors, errors
   assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")
   if name == "tiny_r1_zero.ipynb":
     assert (tmp_path / "workdir" / "report.json").exists()
     assert (tmp_path / "workdir" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  if name == "r1_zero_smollm2.ipynb":
+    _check_quick_smollm2_run(tmp_path / "workdir")
+
+
+def _check_quick_smollm2_run(workdir):
+  """configs/r1_zero_smollm2.py:quick, GRPO straight from the real SmolLM2-135M-Instruct: its steps,
+  before/after evaluation and reports."""
+  with open(workdir / "0_grpo" / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  steps = [r for r in rows if "reward" in r]
+  assert [r["step"] for r in steps] == [1, 2]
+  for r in steps:
+    assert 0.0 <= r["reward"] <= 1.5 and r["kl"] >= 0.0 and r["grad_norm"] > 0.0, r
+  with open(workdir / "report.json") as f:
+    summary = json.load(f)
+  for key in ("pass@1_before", "pass@1_after", "format_reward_before", "format_reward_after"):
+    assert 0.0 <= summary[key] <= 1.0, (key, summary)
+  assert "after GRPO" in (workdir / "samples.md").read_text()
+  assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  with open(workdir / "0_grpo" / "eval_report.json") as f:
+    report = json.load(f)
+  # The prompts are SmolLM2's own ChatML with R1-Zero's instructions as the system turn.
+  assert report["after"]["config"]["template"] == "hf_chat_r1_zero"
