@@ -21,13 +21,14 @@ def word_level_tokenizer(vocab_size: int):
 
 
 def seconds_per_step(checkpoint_dir: str, prompts: list[list[int]], reward_fn, *, num_generations: int,
-                     max_new_tokens: int, beta: float, steps: int = 2) -> dict:
+                     max_new_tokens: int, beta: float, steps: int = 2, output_dir: str) -> dict:
   """Runs `steps` GRPOTrainer steps of len(prompts) // steps prompts each; times the last one.
 
   Args:
-    checkpoint_dir: a DeepseekV3 checkpoint (config.json + safetensors), loaded as policy and reference.
+    checkpoint_dir: an HF checkpoint (config.json + safetensors: DeepseekV3, Llama), loaded as policy and reference.
     prompts: token-id lists, `steps` batches' worth (each batch is one generation + one update).
     reward_fn: list of completion token ids -> float, the same rule the r1 side scores with.
+    output_dir: scratch space for the trainer (nothing is saved there).
   Returns:
     {"version", "seconds_per_step", "first_step_seconds", "generate_seconds", "reward_seconds",
      "update_seconds"} for the last step; "update" is everything else in the step (reference and
@@ -48,7 +49,7 @@ def seconds_per_step(checkpoint_dir: str, prompts: list[list[int]], reward_fn, *
     return [reward_fn(ids) for ids in completion_ids]
 
   args = trl.GRPOConfig(
-      output_dir=os.path.join(checkpoint_dir, "trl_out"),
+      output_dir=output_dir,
       use_cpu=True, bf16=False, fp16=False,
       # Off for TRL's fastest step: recomputing activations only saves memory, which is plentiful here.
       gradient_checkpointing=False,

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_grpo_iteration.py             # 2-core CPU: about 5 minutes, most of it TRL
     python benchmarks/bench_grpo_iteration.py --no_trl    # r1 only, under a minute
+    python benchmarks/bench_grpo_iteration.py --model=smollm2   # the pretrained SmolLM2-135M-Instruct
 
 Setting: a random DeepSeek-V3 (4 layers, hidden 512, q_lora 256, kv_lora 128, 8 heads with qk_nope 64
 / qk_rope 32 / v 64, layer 0 dense, then 8 routed experts top-2 + 1 shared, vocab 8192), saved as a
@@ -10,7 +11,15 @@ temperature 1 with no early stop, beta (kl_coef) 0.04, mu (num_iterations) 1, fl
 on all 64 sequences. Reward: distinct tokens in the completion / 128, computed from token ids
 identically on both sides. TRL runs when installed (`pip install -e .[fixtures]`), with gradient
 checkpointing off and min_new_tokens = 128, and its second step is timed; r1's iteration is the
-one r1/train/rl.py runs, timed warm (after a compiling iteration). The last line is one JSON object.
+one r1/train/rl.py runs, timed warm (after a compiling iteration).
+
+--model=smollm2 runs the same iteration on the converted SmolLM2-135M-Instruct (--hf_dir), which
+both sides load; the prompts stay random token ids (TRL's side maps them 1:1 through a word-level
+tokenizer). Its 49,152-token vocabulary does not fit the update in one pass here, so r1 runs the
+fastest micro-batch / LM-head-chunk split its memory planner finds (printed), as the RL stage's
+grpo.fit_memory does. The update's MFU is its model FLOPs (bench_grpo_step's count, with the
+reference forward) per second over the float32 matmul peak measured in the same run. The last
+line is one JSON object.
 """
 
 import argparse
@@ -30,6 +39,7 @@ import r1  # noqa: E402
 from r1 import grpo, optim, sampling, train_step  # noqa: E402
 from r1.model import get_model_config, init_variables, param_count  # noqa: E402
 from r1.train import rollout  # noqa: E402
+from benchmarks import _machine  # noqa: E402
 
 
 def model_config():
@@ -50,8 +60,14 @@ class R1Iteration:
     self.config, self.args = policy.config, args
     self.optimizer, schedule = optim.make_optimizer(1e-6, schedule="constant")
     self.state = train_step.init_train_state(policy.variables, self.optimizer, with_reference=True)
+    rows, seq_len = args.num_prompts * args.num_samples, args.prompt_len + args.max_new_tokens
+    split = train_step.fitting_update_split(self.config, self.state, rows, seq_len)
+    if split is None:
+      raise SystemExit(f"r1's update of {rows} x {seq_len} tokens fits no split on this machine")
+    self.num_micro_batches, self.logits_chunk_size = split
     self.update = train_step.make_grpo_step(self.config, self.optimizer, schedule, kl_coef=args.beta,
-                                            num_iterations=1, group_size=args.num_samples)
+                                            num_iterations=1, group_size=args.num_samples,
+                                            num_micro_batches=split[0], logits_chunk_size=split[1])
 
   def __call__(self, prompts, seed: int) -> dict[str, float]:
     g, n = self.args.num_samples, self.args.max_new_tokens
@@ -82,6 +98,8 @@ class R1Iteration:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="random_v3", choices=("random_v3", "smollm2"))
+  parser.add_argument("--hf_dir", default=_machine.SMOLLM2_DIR, help="the converted SmolLM2 (--model=smollm2)")
   parser.add_argument("--num_prompts", type=int, default=8)
   parser.add_argument("--prompt_len", type=int, default=64)
   parser.add_argument("--num_samples", type=int, default=8)
@@ -91,20 +109,27 @@ def main():
   parser.add_argument("--no_trl", action="store_true")
   args = parser.parse_args()
 
-  config = model_config()
-  rng = np.random.default_rng(0)
-  # Two batches: TRL's first step compiles nothing but warms its allocator, so both sides time a
-  # later iteration. Ids start at 2 (t0 is TRL's padding, t1 its end-of-sequence).
-  all_prompts = rng.integers(2, config.vocab_size, (2 * args.num_prompts, args.prompt_len)).tolist()
-
-  with tempfile.TemporaryDirectory() as checkpoint_dir:
-    r1.save_hf_checkpoint(r1.Policy(config, init_variables(config, jax.random.key(0))), checkpoint_dir)
-    policy = r1.load_hf_checkpoint(checkpoint_dir)
+  with tempfile.TemporaryDirectory() as scratch:
+    if args.model == "smollm2":
+      checkpoint_dir = args.hf_dir
+      policy = _machine.load_policy("smollm2", checkpoint_dir)
+    else:
+      checkpoint_dir = scratch
+      random_config = model_config()
+      r1.save_hf_checkpoint(r1.Policy(random_config, init_variables(random_config, jax.random.key(0))), checkpoint_dir)
+      policy = r1.load_hf_checkpoint(checkpoint_dir)
+    config = policy.config
+    rng = np.random.default_rng(0)
+    # Two batches: TRL's first step compiles nothing but warms its allocator, so both sides time a
+    # later iteration. Ids start at 2 (t0 is TRL's padding, t1 its end-of-sequence).
+    all_prompts = rng.integers(2, config.vocab_size, (2 * args.num_prompts, args.prompt_len)).tolist()
+    peak = _machine.matmul_peak_flops()
 
     iteration = R1Iteration(policy, args)
     first = iteration(all_prompts[:args.num_prompts], seed=0)
     timed = [iteration(all_prompts[args.num_prompts:], seed=i + 1) for i in range(args.r1_iterations)]
     r1_times = {k: float(np.median([t[k] for t in timed])) for k in ("total", "generate", "reward", "update")}
+    peak = max(peak, _machine.matmul_peak_flops())   # re-measured after r1's runs (turbo / thermal drift)
 
     trl_result, trl_error = None, None
     if args.no_trl:
@@ -120,15 +145,19 @@ def main():
       except ImportError:
         import _trl_grpo  # pylint: disable=g-import-not-at-top
       try:
-        trl_result = _trl_grpo.seconds_per_step(
+        trl_result = _trl_grpo.seconds_per_step(  # pylint: disable=used-before-assignment
             checkpoint_dir, all_prompts, lambda ids: distinct_token_reward(ids, args.max_new_tokens),
-            num_generations=args.num_samples, max_new_tokens=args.max_new_tokens, beta=args.beta, steps=2)
+            num_generations=args.num_samples, max_new_tokens=args.max_new_tokens, beta=args.beta, steps=2,
+            output_dir=os.path.join(scratch, "trl_out"))
       except Exception as e:  # pylint: disable=broad-except
         trl_error = f"TRL failed: {type(e).__name__}: {e}"
 
   trl_s = None if trl_result is None else trl_result["seconds_per_step"]
+  rows, seq_len = args.num_prompts * args.num_samples, args.prompt_len + args.max_new_tokens
+  update_flops = _machine.update_flops(config, rows, seq_len, ref_forward=bool(args.beta))
   results = {
       "device": jax.devices()[0].device_kind,
+      "model": args.model,
       "setting": f"{args.num_prompts} prompts x {args.prompt_len} tokens x G={args.num_samples} x "
                  f"{args.max_new_tokens} new tokens, beta={args.beta}, mu=1, float32, no early stop",
       "model_params": param_count(config)["total"],
@@ -144,6 +173,11 @@ def main():
       "r1_seconds_per_iteration": r1_times["total"],
       "trl_seconds_per_iteration": trl_s,
       "trl_over_r1": None if trl_s is None else trl_s / r1_times["total"],
+      "r1_num_micro_batches": iteration.num_micro_batches,
+      "r1_logits_chunk_size": iteration.logits_chunk_size,
+      "matmul_peak_tflops_per_s": peak / 1e12,
+      "r1_update_mfu": update_flops / r1_times["update"] / peak,
+      "trl_update_mfu": None if trl_result is None else update_flops / trl_result["update_seconds"] / peak,
   }
 
   print(f"{results['setting']}; model {results['model_params'] / 1e6:.1f}M params, {results['device']}")
@@ -157,6 +191,10 @@ def main():
           f"{trl_result['update_seconds']:9.2f}{results['trl_over_r1']:7.1f}x")
   print(f"r1 compile (first iteration - warm): {results['r1_compile_seconds']:.1f} s; update includes the "
         f"reference forward on both sides")
+  trl_mfu = "" if results["trl_update_mfu"] is None else f", TRL {results['trl_update_mfu']:.1%}"
+  print(f"update MFU (of the measured {peak / 1e12:.3f} TFLOP/s f32 matmul peak): r1 {results['r1_update_mfu']:.1%}"
+        f"{trl_mfu}; r1 split: num_micro_batches={iteration.num_micro_batches}, "
+        f"logits_chunk_size={iteration.logits_chunk_size}")
   print(json.dumps(results))
 
 

@@ -13,7 +13,6 @@ counted. Prints a table; the last line is one JSON object (the first row's numbe
 
 import argparse
 import json
-import math
 import time
 
 import jax
@@ -25,31 +24,10 @@ from r1 import optim
 from r1 import train_step as ts
 from r1.model import get_model_config, init_variables, param_count
 
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-  """Best sustained float32 FLOP/s of an n x n x n matmul."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
-  f(a, b).block_until_ready()
-  best = math.inf
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best
-
-
-def model_flops(config, batch: int, length: int, ref_forward: bool) -> float:
-  counts = param_count(config)
-  matmul_params = counts["active"] - config.vocab_size * config.hidden_size  # input embedding is a gather
-  if config.tie_word_embeddings:
-    matmul_params += config.vocab_size * config.hidden_size
-  tokens = batch * length
-  dense = (6 + (2 if ref_forward else 0)) * matmul_params * tokens
-  attn_fwd = 2 * batch * length ** 2 * config.num_attention_heads * (config.qk_head_dim + config.v_head_dim)
-  attn = (3 + (1 if ref_forward else 0)) * attn_fwd * config.num_hidden_layers
-  return dense + attn
+try:
+  from benchmarks import _machine  # pylint: disable=g-import-not-at-top
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+  import _machine  # pylint: disable=g-import-not-at-top
 
 
 def make_batch(config, b, t, seed=0):
@@ -81,7 +59,7 @@ def bench(name, config, *, batch, length, kl_coef, chunk, micro, repeats):
     times.append(time.perf_counter() - t0)
   assert np.isfinite(float(m["loss"])) and float(m["skipped"]) == 0
   dt = float(np.median(times))
-  flops = model_flops(config, batch, length, ref_forward=bool(kl_coef))
+  flops = _machine.update_flops(config, batch, length, ref_forward=bool(kl_coef))
   return {"name": name, "active_params": param_count(config)["active"], "tokens": batch * length,
           "step_s": dt, "compile_s": compile_s, "tokens_per_s": batch * length / dt,
           "model_tflops_per_s": flops / dt / 1e12}
@@ -106,13 +84,13 @@ def main():
               dict(batch=4, length=512, kl_coef=1e-3, chunk=128, micro=1)),
              ("small_v3 kl=0 (8 experts)", small, dict(batch=4, length=512, kl_coef=0.0, chunk=128, micro=1))]
 
-  peak = matmul_peak_flops()
+  peak = _machine.matmul_peak_flops()
   rows = []
   for name, config, kw in runs:
     row = bench(name, config, repeats=repeats, **kw)
     row["mfu"] = row["model_tflops_per_s"] * 1e12 / peak
     rows.append(row)
-  peak = max(peak, matmul_peak_flops())  # re-measure after the runs (turbo / thermal drift)
+  peak = max(peak, _machine.matmul_peak_flops())  # re-measure after the runs (turbo / thermal drift)
   for row in rows:
     row["mfu"] = row["model_tflops_per_s"] * 1e12 / peak
 

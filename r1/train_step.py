@@ -176,6 +176,29 @@ class UpdateMemoryError(ValueError):
   """An update that cannot fit the device's memory; says which split to set instead."""
 
 
+def _update_peak_fn(config: ModelConfig, state: TrainState, rows: int, seq_len: int):
+  """(num_micro_batches, logits_chunk_size) -> r1.tools.plan's peak bytes per device of this update."""
+  from r1.tools import plan as plan_lib  # pylint: disable=g-import-not-at-top  (the planner imports the library)
+  tree_bytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # pylint: disable=unnecessary-lambda-assignment
+  params = tree_bytes(state.params)
+  resident = tree_bytes((state.params, state.moe_bias, state.opt_state, state.ref_params))
+  return lambda m, chunk: plan_lib.update_peak_bytes(config, resident=resident, params=params, rows=rows,
+                                                     seq_len=seq_len, num_micro_batches=m, logits_chunk=chunk)
+
+
+def fitting_update_split(config: ModelConfig, state: TrainState, rows: int,
+                         seq_len: int) -> tuple[int, int | None] | None:
+  """The fastest (num_micro_batches, logits_chunk_size) at which one device holds the update of `rows`
+  x `seq_len` tokens: (1, None) when it fits the device, else the fastest split r1.tools.plan
+  finds within FIT_HEADROOM of it, else None. `state` may hold tracers (only shapes are read)."""
+  from r1.tools import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  peak_of = _update_peak_fn(config, state, rows, seq_len)
+  limit = plan_lib.device_memory_bytes()
+  if peak_of(1, None) <= limit:
+    return 1, None
+  return plan_lib.fit_update_split(peak_of, rows, plan_lib.FIT_HEADROOM * limit)
+
+
 def refuse_update_that_cannot_fit(config: ModelConfig, state: TrainState, rows: int, seq_len: int,
                                   num_micro_batches: int, logits_chunk_size: int | None) -> None:
   """Raises UpdateMemoryError, before XLA allocates, when one device cannot hold the update of
@@ -184,19 +207,11 @@ def refuse_update_that_cannot_fit(config: ModelConfig, state: TrainState, rows: 
   49,152 float32 logits are 3.2 GB, and the backward keeps three such). Names the fastest split
   that fits; `state` may hold tracers (only shapes are read)."""
   from r1.tools import plan as plan_lib  # pylint: disable=g-import-not-at-top  (the planner imports the library)
-  tree_bytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # pylint: disable=unnecessary-lambda-assignment
-  params = tree_bytes(state.params)
-  resident = tree_bytes((state.params, state.moe_bias, state.opt_state, state.ref_params))
-
-  def peak_of(m, chunk):
-    return plan_lib.update_peak_bytes(config, resident=resident, params=params, rows=rows, seq_len=seq_len,
-                                      num_micro_batches=m, logits_chunk=chunk)
-
   limit = plan_lib.device_memory_bytes()
-  peak = peak_of(num_micro_batches, logits_chunk_size)
+  peak = _update_peak_fn(config, state, rows, seq_len)(num_micro_batches, logits_chunk_size)
   if peak <= limit:
     return
-  split = plan_lib.fit_update_split(peak_of, rows, plan_lib.FIT_HEADROOM * limit)
+  split = fitting_update_split(config, state, rows, seq_len)
   advice = (f"set num_micro_batches={split[0]}, logits_chunk_size={split[1]}" if split else
             "no micro-batch / logits-chunk split fits: shard the model over a mesh, or use fewer rows or tokens")
   raise UpdateMemoryError(
