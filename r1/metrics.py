@@ -262,7 +262,8 @@ class Progress:
 
 
 def plot_curves(metrics_jsonl_path: str | os.PathLike, png_path: str | os.PathLike,
-                keys: Sequence[str] = ("reward", "accuracy", "completions/mean_length", "kl"),
+                keys: Sequence[str] = ("reward", "accuracy", "rewards/format/mean", "completions/mean_length",
+                                       "reflection/any", "kl"),
                 overlays: Mapping[str, Sequence[str]] | None = None, smooth: int = 10) -> list[str]:
   """Plots each of `keys` found in a metrics.jsonl against step, one panel each, to a PNG.
 

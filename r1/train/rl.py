@@ -43,6 +43,7 @@ import numpy as np
 from r1 import evaluate as evaluation
 from r1 import grpo, metrics as metrics_lib, optim, sampling, sharding, train_step
 from r1.data import pipeline
+from r1.rewards import reflection as reflection_lib
 from r1.rewards import registry
 from r1.rewards import reward_model as reward_model_lib
 from r1.train import common, rollout
@@ -279,6 +280,11 @@ def run(config, workdir: str) -> dict:
     m = metrics_lib.rollout_metrics(components, total, g, lengths, n, stopped)
     if "accuracy" in components:
       m["accuracy"] = float(components["accuracy"].mean())
+    # R1's "aha" signal over training: the share of completions with a reflective word (wait,
+    # verify, ...) and each word's mean count, as the eval reports them.
+    reflective = {w: common.gather_rows(c, mesh) for w, c in reflection_lib.reflection_counts(rnd["texts"]).items()}
+    m["reflection/any"] = float((reflective.pop("total") > 0).mean())
+    m.update({f"reflection/{w}": float(c.mean()) for w, c in reflective.items()})
     m.update({k: float(v) for k, v in step_metrics.items()})
     m.update({"time/generate": timing["generate"], "time/reward": timing["reward"], "time/update": t3 - t2,
               "time/step": t3 - t0, "rollout/rounds": len(rounds),

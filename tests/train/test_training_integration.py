@@ -45,7 +45,8 @@ def test_quick_pipeline_writes_every_output(tmp_path):
     assert _metrics(d)[-1]["step"] >= 2
   grpo = [row for row in _metrics(tmp_path / "1_grpo") if "reward" in row]
   assert {"reward", "kl", "entropy", "clip_ratio/low_mean", "completions/mean_length", "time/generate",
-          "compiles/decode"} <= set(grpo[-1])
+          "compiles/decode", "reflection/any", "reflection/wait"} <= set(grpo[-1])
+  assert 0.0 <= grpo[-1]["reflection/any"] <= 1.0
   with open(tmp_path / "1_grpo" / "eval_report.json") as f:
     report = json.load(f)
   assert 0.0 <= report["after"]["datasets"]["held_out"]["pass@1"] <= 1.0
