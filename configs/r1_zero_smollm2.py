@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
   c.pipeline = ml_collections.ConfigDict()
   c.pipeline.stages = ("grpo",)
   c.pipeline.stage_overrides = ({},)
-  c.total_steps = 2 if quick else 30
+  c.total_steps = 2 if quick else 30            # 8.5 min a step on a 2-core CPU (measured): 4.4 h
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "smollm2_135m"                 # the checkpoint's config.json wins

@@ -86,7 +86,7 @@ def format_table(summary: dict) -> str:
   """The before/after table as Markdown."""
   lines = [f"Held-out `{summary['dataset']}`: {summary['n_eval']} problems x k={summary['k']} samples at "
            f"temperature {summary['temperature']}, top-p {summary['top_p']}.", "",
-           "| | before GRPO (SFT) | after GRPO |", "|---|---:|---:|"]
+           "| | before GRPO | after GRPO |", "|---|---:|---:|"]
   for name, _, title in _COMPARED:
     b, a = summary[f"{name}_before"], summary[f"{name}_after"]
     if name == "pass@1":
