@@ -8,6 +8,7 @@ that a token passes through, the input embedding excluded (a gather), the LM hea
 
 import math
 import os
+import sys
 import time
 
 import jax
@@ -16,10 +17,13 @@ import jax.numpy as jnp
 import r1
 from r1.model import get_model_config, init_variables, param_count
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+import r1_zero_smollm2  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 # The real pretrained model a `--model=smollm2` run loads: the converted HF directory that
-# tests/smollm2.py and configs/r1_zero_smollm2.py use (see the latter's docstring to make it).
-SMOLLM2_DIR = os.path.join(os.environ.get("R1_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "r1")),
-                           "smollm2-135m-instruct-hf")
+# configs/r1_zero_smollm2.py trains (its docstring says how to make it).
+SMOLLM2_DIR = r1_zero_smollm2.DEFAULT_HF_DIR
+SMOLLM2_CONFIG = r1_zero_smollm2.get_config
 
 
 def best_seconds(fn, repeat: int = 1) -> float:

@@ -48,9 +48,7 @@ def smollm2_prompts(hf_dir: str, num_prompts: int) -> list[list[int]]:
   does, each cut to the shortest one's length (a real-text prefix of equal length: no padding)."""
   from r1.data import tasks, templates  # pylint: disable=g-import-not-at-top
   from r1.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-  import r1_zero_smollm2  # pylint: disable=g-import-not-at-top
-  data = r1_zero_smollm2.get_config().data
+  data = _machine.SMOLLM2_CONFIG().data
   task = tasks.make_task(data.task, **dict(data.task_knobs))
   template = templates.get_template(data.template, hf_dir)
   tokenizer = load_tokenizer(hf_dir)
