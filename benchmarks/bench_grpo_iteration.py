@@ -145,7 +145,7 @@ def main():
       except ImportError:
         import _trl_grpo  # pylint: disable=g-import-not-at-top
       try:
-        trl_result = _trl_grpo.seconds_per_step(  # pylint: disable=used-before-assignment
+        trl_result = _trl_grpo.seconds_per_step(
             checkpoint_dir, all_prompts, lambda ids: distinct_token_reward(ids, args.max_new_tokens),
             num_generations=args.num_samples, max_new_tokens=args.max_new_tokens, beta=args.beta, steps=2,
             output_dir=os.path.join(scratch, "trl_out"))

@@ -207,11 +207,12 @@ def refuse_update_that_cannot_fit(config: ModelConfig, state: TrainState, rows: 
   49,152 float32 logits are 3.2 GB, and the backward keeps three such). Names the fastest split
   that fits; `state` may hold tracers (only shapes are read)."""
   from r1.tools import plan as plan_lib  # pylint: disable=g-import-not-at-top  (the planner imports the library)
+  peak_of = _update_peak_fn(config, state, rows, seq_len)
   limit = plan_lib.device_memory_bytes()
-  peak = _update_peak_fn(config, state, rows, seq_len)(num_micro_batches, logits_chunk_size)
+  peak = peak_of(num_micro_batches, logits_chunk_size)
   if peak <= limit:
     return
-  split = fitting_update_split(config, state, rows, seq_len)
+  split = plan_lib.fit_update_split(peak_of, rows, plan_lib.FIT_HEADROOM * limit)
   advice = (f"set num_micro_batches={split[0]}, logits_chunk_size={split[1]}" if split else
             "no micro-batch / logits-chunk split fits: shard the model over a mesh, or use fewer rows or tokens")
   raise UpdateMemoryError(
