@@ -66,6 +66,21 @@ def test_step_refuses_what_cannot_fit_and_names_a_split_that_does(big_vocab, mon
   assert compiled <= LIMIT
 
 
+def test_fitting_update_split_is_whole_on_a_roomy_device_and_the_refusals_split_on_a_small_one(
+    big_vocab, monkeypatch):
+  mc, optimizer, schedule, state, batch = big_vocab
+  monkeypatch.setattr(plan_lib, "device_memory_bytes", lambda device=None: 64 << 30)
+  assert ts.fitting_update_split(mc, state, ROWS, T) == (1, None)
+  monkeypatch.setattr(plan_lib, "device_memory_bytes", lambda device=None: LIMIT)
+  split = ts.fitting_update_split(mc, state, ROWS, T)
+  assert split is not None and split != (1, None) and ROWS % split[0] == 0, split
+  with pytest.raises(ts.UpdateMemoryError, match=rf"set num_micro_batches={split[0]}, logits_chunk_size={split[1]}"):
+    ts.refuse_update_that_cannot_fit(mc, state, ROWS, T, 1, None)
+  ts.refuse_update_that_cannot_fit(mc, state, ROWS, T, *split)   # the split it names is not refused
+  monkeypatch.setattr(plan_lib, "device_memory_bytes", lambda device=None: 1 << 20)
+  assert ts.fitting_update_split(mc, state, ROWS, T) is None   # 1 MiB holds no split: None, not a guess
+
+
 def test_fit_update_split_prefers_fewer_micro_batches_then_larger_chunks():
   peak = lambda m, c: 100 // m + (c or 1000) // 8     # pylint: disable=unnecessary-lambda-assignment
   assert plan_lib.fit_update_split(peak, 8, 300) == (1, None)
