@@ -157,6 +157,13 @@ STAGES = {
 }
 
 
+def quiet_library_logs() -> None:
+  """Warnings and errors only, unless --verbosity (-v) was given: the terminal shows progress lines
+  and results, not the INFO logs of orbax (a thousand lines a run), JAX and r1's own bookkeeping."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -165,6 +172,7 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if config.stage not in STAGES:
     raise app.UsageError(f"config.stage={config.stage!r}: implemented stages are {sorted(STAGES)}")
+  quiet_library_logs()
   initialize_distributed(_MULTIHOST.value)
   logging.info("running stage %s in %s", config.stage, _WORKDIR.value)
   STAGES[config.stage](config, _WORKDIR.value)

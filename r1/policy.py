@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1.model import ModelConfig, Transformer
 
@@ -20,6 +21,25 @@ def _logits_fn(config: ModelConfig):
   return logits
 
 
+def _bits_as_uint32(x: jax.Array) -> jax.Array:
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _checksums(leaves):
+  """uint32[len(leaves), 3]: per leaf, the sum of its bits and two position-weighted sums (mod 2**32:
+  integer sums, so the value does not depend on the sharding or the reduction order)."""
+  rows = []
+  for x in leaves:
+    bits = _bits_as_uint32(jnp.atleast_2d(x))
+    odd = lambda axis, b=bits: jax.lax.broadcasted_iota(jnp.uint32, b.shape, axis) * 2 + 1  # pylint: disable=unnecessary-lambda-assignment
+    rows.append(jnp.stack([bits.sum(), (bits * odd(bits.ndim - 1)).sum(), (bits * odd(0)).sum()]))
+  return jnp.stack(rows)
+
+
 @dataclasses.dataclass
 class Policy:
   """config: ModelConfig; variables: {"params": ..., "moe_bias": ...} (jax arrays, any sharding)."""
@@ -29,6 +49,14 @@ class Policy:
   @property
   def params(self) -> dict:
     return self.variables["params"]
+
+  def fingerprint(self) -> list[int]:
+    """Checksums of every variable's bits (3 per leaf, in tree order): equal lists mean bitwise-equal
+    variables to overwhelming probability (a different value, dtype or shape changes them), so an
+    evaluation of one policy can stand for another's. One pass over the weights, on their devices."""
+    leaves = jax.tree.leaves(self.variables)
+    sums = _checksums(leaves)
+    return [int(v) for v in np.asarray(sums.addressable_data(0)).reshape(-1)] + [len(leaves)]
 
   def logits(self, tokens, positions=None, segment_ids=None) -> jax.Array:
     """tokens int32[B, T] -> logits float32[B, T, V] (jitted; positions default to 0..T-1)."""

@@ -51,6 +51,7 @@ when `jax.distributed` runs with the preemption service.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -67,6 +68,18 @@ from r1.checkpoints.hf import CheckpointError
 PyTree = Any
 
 STATE, DATA, METADATA = "state", "data", "metadata"
+
+
+class _SavesWithoutMetricsFilter(logging.Filter):
+  """Drops orbax's warning that a save gave no metrics: most steps have no eval, and those saves
+  are meant to carry none (only eval steps compete for `keep_best`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Requested `tracked_metric`; did not provide metrics")
+
+
+# orbax logs through absl, whose records go to the "absl" Python logger.
+logging.getLogger("absl").addFilter(_SavesWithoutMetricsFilter())
 
 
 def _is_prng_key(x) -> bool:

@@ -15,8 +15,9 @@ import importlib.util
 import os
 
 import r1
-from r1 import evaluate
+from r1.data import splits
 from r1.data.tasks import arithmetic
+from r1.eval import protocol
 from r1.tokenizer import load_tokenizer
 from r1.train import common
 
@@ -37,15 +38,15 @@ def main():
   parser.add_argument("--k", type=int, default=4)
   args = parser.parse_args()
   config = _tiny_config()
-  examples = list(common.prompt_source(config.data, "eval"))[:args.num_examples]
+  examples = list(splits.prompt_source(config.data, "eval"))[:args.num_examples]
   print(f"{'stage':40s} {'pass@1':>7s} {'correct':>8s} {'false column':>13s} {'carry dropped':>14s}")
   for stage_dir in args.stage_dirs:
     policy = r1.load_hf_checkpoint(os.path.join(stage_dir, "policy"))
     tokenizer = load_tokenizer(os.path.join(stage_dir, "tokenizer"))
-    report = evaluate.evaluate(policy, tokenizer, config.data.template, examples, k=args.k,
-                               temperature=config.eval.temperature, top_p=config.eval.top_p,
-                               max_new_tokens=config.rollout.max_new_tokens, seed=config.eval.seed,
-                               stop_tokens=common.stop_tokens(config, tokenizer), num_report_samples=len(examples))
+    report = protocol.evaluate(policy, tokenizer, config.data.template, examples, k=args.k,
+                                temperature=config.eval.temperature, top_p=config.eval.top_p,
+                                max_new_tokens=config.rollout.max_new_tokens, seed=config.eval.seed,
+                                stop_tokens=common.stop_tokens(config, tokenizer), num_report_samples=len(examples))
     metrics = next(iter(report["datasets"].values()))
     correct = false_column = dropped = 0
     for sample in metrics["samples"]:

@@ -21,7 +21,7 @@ from r1 import metrics as metrics_lib
 from r1 import sharding
 from r1.checkpoints.hf import CheckpointError
 from r1.checkpoints.manager import TrainCheckpointer, restore_variables
-from r1.data import sources, tasks, templates
+from r1.data import splits, templates
 from r1.model import abstract_variables, get_model_config, init_variables
 from r1.tokenizer import load_tokenizer, train_sentencepiece
 
@@ -29,34 +29,6 @@ POLICY_DIR = "policy"
 TOKENIZER_DIR = "tokenizer"
 # What a tokenizer directory may hold: a SentencePiece model, or Hugging Face's files.
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
-
-
-def make_task(data_config):
-  """The synthetic task named by data_config.task with data_config.task_knobs."""
-  return tasks.make_task(data_config.task, **dict(data_config.get("task_knobs", {})))
-
-
-def prompt_source(data_config, split: str = "train"):
-  """PromptExamples for `split` ("train" or "eval") of data_config.source.
-
-  source: "synthetic" (task + knobs; train and eval use disjoint seeds), "gsm8k", "math500",
-  or "jsonl" (data_config.path, question_field, answer_field).
-  """
-  kind = data_config.source
-  if kind == "synthetic":
-    size = data_config.train_size if split == "train" else data_config.eval_size
-    # Disjoint seeds: held-out problems are never trained on (a collision has probability ~0
-    # for the sizes used, and the eval seed is fixed so before/after compare the same set).
-    seed = data_config.seed if split == "train" else data_config.seed + 10_000
-    return tasks.SyntheticSource(make_task(data_config), size, seed)
-  if kind == "gsm8k":
-    return sources.load_gsm8k("train" if split == "train" else "test")
-  if kind == "math500":
-    return sources.load_math500()
-  if kind == "jsonl":
-    return sources.load_prompts(data_config.path if split == "train" else data_config.eval_path,
-                                question_field=data_config.question_field, answer_field=data_config.answer_field)
-  raise ValueError(f"data.source={kind!r}: expected synthetic, gsm8k, math500 or jsonl")
 
 
 def _checkpoint_tokenizer_dir(checkpoint_dir: str) -> str:
@@ -84,7 +56,7 @@ def build_tokenizer(config, workdir: str):
   target = os.path.join(workdir, TOKENIZER_DIR, "tokenizer.model")
   if is_chief() and not os.path.exists(target):
     template = templates.get_template(config.data.template)
-    task = make_task(config.data)
+    task = splits.make_task(config.data)
     corpus = []
     for i in range(config.tokenizer.corpus_size):
       ex = task.example(config.data.seed + 20_000, i)

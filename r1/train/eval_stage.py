@@ -1,9 +1,9 @@
-"""The eval stage: the R1 evaluation protocol (r1/evaluate.py) on the stage's policy, over the
+"""The eval stage: the R1 evaluation protocol (r1.eval.protocol) on the stage's policy, over the
 datasets named in config.eval.datasets; writes <workdir>/eval_report.json and prints the table.
 
-Dataset names: "held_out" (the config's own eval split, `common.prompt_source(config.data,
-"eval")`: for synthetic data the fixed held-out seed the GRPO stage reports on), "train" (its train
-split), "gsm8k" (test), "math500". Each is cut to its first config.eval.num_examples problems.
+Dataset names (r1.eval.protocol.load_dataset): "held_out" (the config's own eval split: for
+synthetic data the fixed held-out seed the GRPO stage reports on), "train" (its train split),
+"gsm8k" (test), "math500". Each is cut to its first config.eval.num_examples problems.
 
 The stage exports no policy, so `common.stage_done` never marks it done and a pipeline re-runs it;
 the rerun is cheap: it returns the existing eval_report.json without sampling when that report was
@@ -18,25 +18,9 @@ import os
 
 import jax
 
-import r1
-from r1 import evaluate as evaluation
-from r1.data import sources
+from r1.eval import protocol
+from r1.eval import report as report_lib
 from r1.train import common
-
-REPORT_FILE = "eval_report.json"
-
-
-def load_dataset(config, name: str) -> list:
-  """The first config.eval.num_examples PromptExamples of the dataset called `name`."""
-  loaders = {"held_out": lambda: common.prompt_source(config.data, "eval"),
-             "train": lambda: common.prompt_source(config.data, "train"),
-             "gsm8k": lambda: sources.load_gsm8k("test"),
-             "math500": sources.load_math500}
-  if name not in loaders:
-    raise ValueError(f"eval.datasets entry {name!r}: expected one of {sorted(loaders)}")
-  source = loaders[name]()
-  n = min(config.eval.num_examples, len(source))
-  return [source[i] for i in range(n)]
 
 
 def stage_settings(config) -> dict:
@@ -57,40 +41,27 @@ def stage_settings(config) -> dict:
   return json.loads(json.dumps(settings))  # As it reads back from the report (tuples are lists).
 
 
-def evaluate_policy(config, policy: r1.Policy, tokenizer, mesh=None, tokenizer_path: str | None = None) -> dict:
-  """`r1.evaluate.evaluate` of `policy` on every dataset of config.eval.datasets (`mesh`: the
-  policy's, with several processes; `tokenizer_path`: the tokenizer's directory, for hf_chat)."""
-  e = config.eval
-  names = list(e.get("datasets", ("held_out",)))
-  if not names or len(set(names)) != len(names):
-    raise ValueError(f"eval.datasets={names}: expected one or more distinct dataset names")
-  return evaluation.evaluate(
-      policy, tokenizer, common.prompt_template(config, tokenizer_path), {n: load_dataset(config, n) for n in names},
-      k=e.k, temperature=e.temperature, top_p=e.top_p, top_k=e.get("top_k", 0),
-      max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens), batch_size=e.batch_size,
-      stop_tokens=common.stop_tokens(config, tokenizer), seed=e.seed,
-      num_report_samples=e.get("num_report_samples", 3), mesh=mesh)
-
-
 def run(config, workdir: str) -> dict:
   """Evaluates the stage's policy into <workdir>/eval_report.json (reused if up to date); returns it."""
-  path = os.path.join(workdir, REPORT_FILE)
+  path = os.path.join(workdir, report_lib.REPORT_FILE)
   settings = stage_settings(config)
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      report = json.load(f)
+    report = report_lib.read_report(path)
     if report.get("stage") == settings:
       print(f"eval: {path} is up to date, not re-evaluating")
-      print(evaluation.format_table(report))
+      print(report_lib.format_table(report))
       return report
   os.makedirs(workdir, exist_ok=True)
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
   # One process evaluates on one device, as it always has; several need the policy on a mesh over
   # all of their devices.
   mesh = common.build_mesh(config) if jax.process_count() > 1 else None
-  report = evaluate_policy(config, common.build_policy(config, tokenizer, mesh), tokenizer, mesh, tokenizer_path)
+  policy = common.build_policy(config, tokenizer, mesh)
+  report = protocol.evaluate_config(config, policy, tokenizer, common.prompt_template(config, tokenizer_path),
+                                    common.stop_tokens(config, tokenizer),
+                                    datasets=config.eval.get("datasets", ("held_out",)), mesh=mesh)
   report["stage"] = settings
   if common.is_chief():
-    evaluation.write_report(path, report)
-  print(evaluation.format_table(report))
+    report_lib.write_report(path, report)
+  print(report_lib.format_table(report))
   return report

@@ -15,7 +15,7 @@ or "previous": the previous stage's policy, the first stage's config.init):
   a path   an exported policy directory (its sibling tokenizer/ is used when there is one).
 config.pipeline.teacher_from[i] = j makes stage j's policy the logit-distillation teacher of SFT
 stage i (sft.distill.teacher_dir). config.pipeline.compare lists (title, stage, "before" | "after")
-evaluations to put side by side in <workdir>/comparison.md (r1.train.report.write_comparison).
+evaluations to put side by side in <workdir>/comparison.md (r1.eval.run_report.write_comparison).
 """
 
 import json
@@ -24,7 +24,8 @@ import time
 
 import ml_collections
 
-from r1.train import common, report, sample
+from r1.eval import run_report
+from r1.train import common, sample
 
 
 # Stages that export <stage dir>/policy when they finish (stage_done); `eval` writes a report only.
@@ -111,7 +112,7 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
 
   Each stage's wall time is recorded in <workdir>/pipeline.json (kept across re-runs, so a resumed
   pipeline reports the time its stages really took). When a GRPO stage evaluated its start and
-  end, the last one's before/after summary goes to <workdir>/report.json (r1.train.report).
+  end, the last one's before/after summary goes to <workdir>/report.json (r1.eval.run_report).
 
   A stage that returns without its exported policy was preempted (it saved a checkpoint): the
   pipeline stops there, with results["stopped_at"] = "<i>_<stage>" and no report; the same
@@ -152,17 +153,17 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
     return results  # The report and comparison are written by the run that finishes.
   grpo_dirs = [os.path.join(workdir, f"{i}_{name}") for i, name in enumerate(config.pipeline.stages)
                if name == "grpo"]
-  summary = report.write(workdir, grpo_dirs[-1], wall_seconds=total,
+  summary = run_report.write(workdir, grpo_dirs[-1], wall_seconds=total,
                          extra={"seed": int(config.seed), "stage_seconds": seconds}) if grpo_dirs else None
   if summary is not None:
-    print(report.format_table(summary))
-    print(f"report: {os.path.join(workdir, report.REPORT_FILE)}")
+    print(run_report.format_results(summary))
+    print(f"report: {os.path.join(workdir, run_report.RUN_REPORT_FILE)}")
     results["report"] = summary
   compare = tuple(config.pipeline.get("compare", ()) or ())
   if compare:
     rows = [(title, stage_dirs[int(stage)], when) for title, stage, when in compare]
-    comparison = report.write_comparison(workdir, rows)
-    print(report.format_comparison(comparison))
+    comparison = run_report.write_comparison(workdir, rows)
+    print(run_report.format_comparison(comparison))
     results["comparison"] = comparison
   return results
 

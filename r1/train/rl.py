@@ -31,7 +31,6 @@ metrics gather every process's per-row rewards and lengths (a few numbers per ro
 written by process 0; checkpoints are multi-host orbax.
 """
 
-import json
 import os
 import time
 
@@ -40,18 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1 import evaluate as evaluation
 from r1 import grpo, metrics as metrics_lib, optim, sampling, sharding, train_step
-from r1.data import pipeline
+from r1.data import pipeline, splits
+from r1.eval import protocol
+from r1.eval import report as report_lib
 from r1.rewards import reflection as reflection_lib
 from r1.rewards import registry
 from r1.rewards import reward_model as reward_model_lib
 from r1.train import common, rollout
 
-EVAL_REPORT_FILE = "eval_report.json"
-# The evaluation of the starting policy, written as soon as it is computed: a preempted run's
-# report needs it, and after step 0 the starting policy is gone.
-BEFORE_EVAL_FILE = "eval_before.json"
 # Checkpoint metadata: the step's metrics and samples when it was saved before its periodic eval
 # ran (a stop requested then), and the count of consecutive skipped updates.
 PENDING_EVAL = "pending_eval"
@@ -63,34 +59,10 @@ def sampling_seed(config, step: int) -> int:
   return (int(config.seed) * 1_000_003 + step) % (2**31 - 1)
 
 
-def run_eval(config, policy, tokenizer, template, examples, stops, name: str, mesh=None) -> dict:
-  """pass@1 over k samples and cons@k on the held-out examples (config.eval).
-
-  `mesh`: the mesh the policy is sharded on. Multi-host evaluation needs it (each process places
-  its rows of every eval batch); with one process it is not used, so a single-process run
-  evaluates as it always has (prompts on one device).
-  """
-  e = config.eval
-  return evaluation.evaluate(policy, tokenizer, template, examples, k=e.k, temperature=e.temperature, top_p=e.top_p,
-                             max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens),
-                             batch_size=e.batch_size, stop_tokens=stops, seed=e.seed, dataset_name=name,
-                             mesh=mesh if jax.process_count() > 1 else None)
-
-
 def pad_host_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
   """sampling.pad_prompts of this process's prompts, at the width of the global batch: the widest
   process's bucket (with one process, sampling.pad_prompts itself)."""
   return sharding.pad_to_widest_process(*sampling.pad_prompts(prompts))
-
-
-def eval_scalars(report: dict, prefix: str = "eval/") -> dict[str, float]:
-  """The report's numeric per-dataset metrics as flat scalars (eval/pass@1, eval/cons@k, ...)."""
-  out = {}
-  for metrics in report["datasets"].values():
-    for key, value in metrics.items():
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
-        out[prefix + key] = float(value)
-  return out
 
 
 def run(config, workdir: str) -> dict:
@@ -125,10 +97,9 @@ def run(config, workdir: str) -> dict:
   # This process's rows of each global batch of config.data.batch_size prompts (all of them with
   # one process).
   shard = common.data_shard(config.data.batch_size, mesh)
-  data = pipeline.rl_prompt_dataset(common.prompt_source(config.data, "train"), tokenizer, template,
+  data = pipeline.rl_prompt_dataset(splits.prompt_source(config.data, "train"), tokenizer, template,
                                     seed=config.seed, length_buckets=tuple(config.data.length_buckets), **shard)
   batches = iter(data)
-  eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
 
   # R1 2.3.4: a model-based reward on top of the rules ("RL for all scenarios"); None: rules only.
   reward_model = reward_model_lib.from_stage_config(config, mc, mesh)
@@ -158,7 +129,7 @@ def run(config, workdir: str) -> dict:
   def evaluate(step: int) -> dict:
     # Checked before each eval batch, so a stop requested in a long eval is seen within a batch.
     stoppable = common.stop_checked(current_policy(), lambda: check_stop(step, f"eval at step {step}"))
-    return run_eval(config, stoppable, tokenizer, template, eval_examples, stops, "held_out", mesh)
+    return protocol.evaluate_config(config, stoppable, tokenizer, template, stops, mesh=mesh)
 
   def save(step: int, *, force: bool, eval_metrics=None, pending_eval=None) -> None:
     metadata = {SKIPPED_RUN: skipped_run}
@@ -168,13 +139,16 @@ def run(config, workdir: str) -> dict:
 
   reports = {}
   try:
-    before = (_start_evaluation(workdir, start, len(eval_examples), config.eval.k, lambda: evaluate(0))
-              if config.eval.at_start else None)
+    n_eval = len(protocol.load_dataset(config, "held_out"))
+    before, reused = (_start_evaluation(workdir, start, n_eval, config.eval.k, lambda: evaluate(0),
+                                        lambda: _previous_evaluation(config, policy, tokenizer, template, stops))
+                      if config.eval.at_start else (None, False))
     if before is not None:
       reports["before"] = before
       if start == 0:  # A resumed run kept this line; a run from step 0 starts its metrics afresh.
-        writer.write(0, eval_scalars(before))
-      print(evaluation.format_table(before))
+        writer.write(0, report_lib.eval_scalars(before))
+      if not reused:  # The previous stage printed it.
+        print(report_lib.format_table(before))
   except common.StopRequested as stop:
     logging.warning("preemption requested during the %s: nothing to save yet, exiting", stop)
     ckpt.close()
@@ -301,7 +275,7 @@ def run(config, workdir: str) -> dict:
     step's metrics and samples. Returns the eval's scalars, or None when none was due."""
     eval_metrics = None
     if config.eval.every_steps and done % config.eval.every_steps == 0 and done < config.total_steps:
-      eval_metrics = eval_scalars(evaluate(done))
+      eval_metrics = report_lib.eval_scalars(evaluate(done))
       m = dict(m, **eval_metrics)
     writer.write(done, m)
     if config.log.samples_every and done % config.log.samples_every == 0:
@@ -365,10 +339,10 @@ def run(config, workdir: str) -> dict:
     ckpt.close()
 
   if not stopped_early:
-    writer.write(config.total_steps, eval_scalars(reports["after"], prefix="final_eval/"))
-    print(evaluation.format_table(reports["after"]))
+    writer.write(config.total_steps, report_lib.eval_scalars(reports["after"], prefix="final_eval/"))
+    print(report_lib.format_table(reports["after"]))
     if common.is_chief():
-      evaluation.write_report(os.path.join(workdir, EVAL_REPORT_FILE), reports)
+      report_lib.write_report(os.path.join(workdir, report_lib.REPORT_FILE), reports)
     common.export_policy(current_policy(), tokenizer_path, workdir)
   writer.close()
   if common.is_chief():
@@ -376,22 +350,39 @@ def run(config, workdir: str) -> dict:
   return reports
 
 
-def _start_evaluation(workdir: str, start: int, n_eval: int, k: int, evaluate) -> dict | None:
-  """The evaluation of the stage's starting policy: read from <workdir>/eval_before.json, where the
-  first process to run it wrote it, else run now (`evaluate()`) and written there; None for a run
-  resumed past step 0 without that file (the starting policy is gone: the report will lack it).
+def _previous_evaluation(config, policy, tokenizer, template, stops) -> dict | None:
+  """The final evaluation the stage that exported config.init.hf_dir made of that policy, when it is
+  this stage's evaluation of its starting policy: the same bits, prompts and protocol
+  (protocol.reuse_key). None otherwise."""
+  hf_dir = config.init.get("hf_dir", "")
+  path = os.path.join(os.path.dirname(os.path.normpath(hf_dir)), report_lib.REPORT_FILE) if hf_dir else ""
+  if not path or not os.path.exists(path):
+    return None
+  report = report_lib.read_report(path)
+  key = report.pop(report_lib.REUSE_KEY, None)
+  if key is None or key != protocol.reuse_key(config, policy, tokenizer, template, stops):
+    return None
+  print(f"eval: the starting policy is the one {path} evaluated, with the same protocol: not evaluating it again")
+  return report
+
+
+def _start_evaluation(workdir: str, start: int, n_eval: int, k: int, evaluate, reuse) -> tuple[dict | None, bool]:
+  """The evaluation of the stage's starting policy and whether it is another stage's: read from
+  <workdir>/eval_before.json, where the first process to run it wrote it, else the previous stage's
+  evaluation of the same policy (`reuse()`, None when there is none), else run now (`evaluate()`),
+  and written there; None for a run resumed past step 0 without that file (the starting policy is
+  gone: the report will lack it).
 
   A preempted run resumes with this file, so its report compares the same 'before' as an
   uninterrupted run's. A file of another protocol (n_eval, k) is evaluated again at step 0, and
   past it raises ValueError (before and after would not compare).
   """
-  path = os.path.join(workdir, BEFORE_EVAL_FILE)
+  path = os.path.join(workdir, report_lib.BEFORE_FILE)
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      report = json.load(f)
+    report = report_lib.read_report(path)
     metrics = report["datasets"]["held_out"]
     if (metrics["n_eval"], metrics["k"]) == (n_eval, k):
-      return report
+      return report, False
     problem = (f"{path}: evaluated {metrics['n_eval']} problems x k={metrics['k']}, this run's eval is {n_eval} x "
                f"k={k} (config.eval.num_examples, config.eval.k)")
     if start:
@@ -401,8 +392,11 @@ def _start_evaluation(workdir: str, start: int, n_eval: int, k: int, evaluate) -
   elif start:
     logging.warning("%s: no evaluation of the starting policy, and the run resumes at step %d: its report will "
                     "have no 'before' (rerun the stage from step 0 for one)", path, start)
-    return None
-  report = evaluate()
+    return None, False
+  report = reuse()
+  reused = report is not None
+  if not reused:
+    report = evaluate()
   if common.is_chief():
-    evaluation.write_report(path, report)
-  return report
+    report_lib.write_report(path, report)
+  return report, reused

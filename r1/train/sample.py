@@ -37,8 +37,10 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from r1 import evaluate as evaluation
 from r1 import sharding
+from r1.data import splits
+from r1.eval import protocol
+from r1.eval import report as report_lib
 from r1.rewards import registry
 from r1.train import common
 
@@ -149,22 +151,19 @@ def generate_completions(policy, tokenizer, template, examples: Sequence, *, k: 
   decodes them), "lengths": int[P', k] generated tokens, "stopped": bool[P', k], "prompt_indices":
   the P' indices into `examples` of those prompts, ascending (all P with one process)}.
   """
-  prompts = [tokenizer.encode(template.render_prompt(ex.prompt), add_bos=True) for ex in examples]
+  prompts = protocol.encode_prompts(tokenizer, template, examples)
   lo, hi = (0, batch_size) if jax.process_count() == 1 else sharding.host_batch_rows(batch_size, mesh)
   texts, lengths, stopped, prompt_indices = [], [], [], []
   for chunk, start in enumerate(range(0, len(prompts), batch_size)):
     # One sampler call per chunk (the last one padded by `sample_completions`), each with its own
     # stream of the run's seed, so progress can be logged and the result does not depend on it.
-    chunk_seed = int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint32)[0] >> 1)
-    out = evaluation.sample_completions(policy, prompts[start:start + batch_size], k=k, batch_size=batch_size,
+    chunk_seed = protocol.batch_seed(seed, chunk)
+    out = protocol.sample_completions(policy, prompts[start:start + batch_size], k=k, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                         top_k=top_k, stop_tokens=stop_tokens, seed=chunk_seed, mesh=mesh)
     # This process's real prompts of the chunk (the padding rows of the last one are dropped).
     own = np.arange(lo, min(hi, len(out["tokens"])))
-    for p in own:
-      texts.append([tokenizer.decode(evaluation.completion_ids(out["tokens"][p, g], out["lengths"][p, g],
-                                                               out["stopped"][p, g], stop_tokens, tokenizer))
-                    for g in range(k)])
+    texts.extend(protocol.decode_completions(tokenizer, out, own, stop_tokens))
     lengths.append(out["lengths"][own])
     stopped.append(out["stopped"][own])
     prompt_indices.extend(int(start + p) for p in own)
@@ -272,7 +271,7 @@ def run(config, workdir: str) -> dict:
   min_language = s.get("min_language", None)
   max_per_prompt = s.get("max_per_prompt", None)
 
-  examples = choose_prompts(common.prompt_source(config.data, "train"), s.num_prompts, seed)
+  examples = choose_prompts(splits.prompt_source(config.data, "train"), s.num_prompts, seed)
   out = generate_completions(policy, tokenizer, template, examples, k=s.k, batch_size=s.batch_size,
                              max_new_tokens=s.get("max_new_tokens", config.rollout.max_new_tokens),
                              temperature=s.temperature, top_p=s.top_p, top_k=s.get("top_k", 0),
@@ -296,7 +295,7 @@ def run(config, workdir: str) -> dict:
                           "top_k": s.get("top_k", 0), "batch_size": s.batch_size, "min_language": min_language,
                           "max_per_prompt": max_per_prompt, "stop_tokens": stops, "template": template.name})
   if common.is_chief():
-    evaluation.write_report(os.path.join(workdir, REPORT_FILE), report)
+    report_lib.write_report(os.path.join(workdir, REPORT_FILE), report)
   print(f"sample: kept {stats['kept']} / {stats['generated']} ({stats['acceptance_rate']:.3f}) from "
         f"{stats['prompts']} prompts; pass rates " +
         ", ".join(f"{name} {rate:.3f}" for name, rate in stats["pass_rates"].items()))

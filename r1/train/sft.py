@@ -12,17 +12,18 @@ import os
 
 import jax
 
-from r1 import evaluate as evaluation
 from r1 import metrics as metrics_lib, optim, train_step
-from r1.data import pipeline, sources, tasks
-from r1.train import common, distill, rl
+from r1.data import pipeline, sources, splits, tasks
+from r1.eval import protocol
+from r1.eval import report as report_lib
+from r1.train import common, distill
 
 
 def sft_source(config, template):
   """(prompt, response) pairs: the task's worked solutions (cold start) or a JSONL file."""
   s = config.sft
   if s.source == "synthetic":
-    return tasks.SyntheticSFTSource(common.make_task(config.data), s.num_examples, template, seed=s.seed)
+    return tasks.SyntheticSFTSource(splits.make_task(config.data), s.num_examples, template, seed=s.seed)
   if s.source == "jsonl":
     return sources.load_sft(s.path)
   raise ValueError(f"sft.source={s.source!r}: expected synthetic or jsonl")
@@ -78,13 +79,14 @@ def run(config, workdir: str) -> dict:
   if not stopped_early:
     final = common.policy_of(mc, state)
     if config.eval.at_end:
-      eval_examples = list(common.prompt_source(config.data, "eval"))[:config.eval.num_examples]
-      report = rl.run_eval(config, final, tokenizer, template, eval_examples,
-                           common.stop_tokens(config, tokenizer), "held_out", mesh)
-      writer.write(config.total_steps, rl.eval_scalars(report, prefix="final_eval/"))
-      print(evaluation.format_table(report))
+      stops = common.stop_tokens(config, tokenizer)
+      report = protocol.evaluate_config(config, final, tokenizer, template, stops, mesh=mesh)
+      writer.write(config.total_steps, report_lib.eval_scalars(report, prefix="final_eval/"))
+      print(report_lib.format_table(report))
+      key = protocol.reuse_key(config, final, tokenizer, template, stops)  # a collective (multi-host)
       if common.is_chief():
-        evaluation.write_report(os.path.join(workdir, "eval_report.json"), report)
+        report_lib.write_report(os.path.join(workdir, report_lib.REPORT_FILE),
+                                dict(report, **{report_lib.REUSE_KEY: key}))
     common.export_policy(final, tokenizer_path, workdir)
   writer.close()
   return report

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from r1.data import templates
+from r1.eval import protocol
+from r1.eval import report as report_lib
 from r1.rewards import registry
 from r1.train import common, eval_stage
 from tests.train.test_sample_stage import ScriptedPolicy, stage_config, tokenizer_path  # pylint: disable=unused-import
@@ -21,7 +23,7 @@ def eval_config(path, datasets=("held_out",), num_examples=3, k=4, max_new_token
 
 
 def regraded_pass_at_1(report: dict, examples: dict) -> float:
-  """Mean accuracy reward (r1.rewards, not r1.evaluate's grader) over the report's samples."""
+  """Mean accuracy reward (r1.rewards, not r1.eval.grading) over the report's samples."""
   texts = [c for s in report["samples"] for c in s["completions"]]
   exs = [examples[s["id"]] for s in report["samples"] for _ in s["completions"]]
   return float(registry.compute_rewards({"accuracy": 1.0}, texts, exs)[1]["accuracy"].mean())
@@ -31,7 +33,7 @@ def test_eval_stage_reports_scripted_pass_at_1_and_reuses_its_report(tmp_path, t
                                                                      capsys):  # pylint: disable=redefined-outer-name
   config = eval_config(tokenizer_path, datasets=("held_out", "gsm8k"), max_new_tokens=40)
   template = templates.get_template(config.data.template)
-  datasets = {name: eval_stage.load_dataset(config, name) for name in ("held_out", "gsm8k")}
+  datasets = {name: protocol.load_dataset(config, name) for name in ("held_out", "gsm8k")}
   # Problem i of each dataset: its first (i % 3) + 1 of 4 samples are right, so pass@1 is
   # (1/4 + 2/4 + 3/4) / 3 = 0.5 on both.
   right = {template.render_prompt(ex.prompt): (ex.gold, i % 3 + 1)
@@ -57,7 +59,7 @@ def test_eval_stage_reports_scripted_pass_at_1_and_reuses_its_report(tmp_path, t
     assert metrics["pass@1"] == pytest.approx(0.5)
     assert regraded_pass_at_1(metrics, {ex.id: ex for ex in datasets[name]}) == pytest.approx(metrics["pass@1"])
     assert metrics["format_rate"] == 1.0
-  with open(tmp_path / eval_stage.REPORT_FILE) as f:
+  with open(tmp_path / report_lib.REPORT_FILE) as f:
     assert json.load(f) == report
   out = capsys.readouterr().out
   assert "held_out" in out and "gsm8k" in out and "0.500" in out
@@ -80,7 +82,7 @@ def test_eval_stage_on_random_init_policy(tmp_path, tokenizer_path):  # pylint: 
   config = eval_config(tokenizer_path, num_examples=2, k=2)
   report = eval_stage.run(config, str(tmp_path))
   metrics = report["datasets"]["held_out"]
-  examples = {ex.id: ex for ex in eval_stage.load_dataset(config, "held_out")}
+  examples = {ex.id: ex for ex in protocol.load_dataset(config, "held_out")}
   assert metrics["n_eval"] == 2 and len(metrics["samples"]) == 2
   assert regraded_pass_at_1(metrics, examples) == pytest.approx(metrics["pass@1"])
   texts = [c for s in metrics["samples"] for c in s["completions"]]

@@ -21,7 +21,7 @@ import signal
 import pytest
 
 from configs import tiny_r1_zero
-from r1 import evaluate as evaluation
+from r1.eval import protocol as evaluation
 from r1 import main
 from r1.checkpoints.manager import TrainCheckpointer
 from r1.train import pipeline, rl, rollout

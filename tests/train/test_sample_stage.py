@@ -12,7 +12,7 @@ import pytest
 
 import r1
 from configs import tiny_r1_zero
-from r1.data import pipeline, sources, templates
+from r1.data import pipeline, sources, splits, templates
 from r1.rewards import registry
 from r1.sampling import SampleOutput
 from r1.train import common, sample, sft
@@ -168,7 +168,7 @@ def test_stage_with_scripted_policy_writes_verified_sft_data(tmp_path, tokenizer
   assert report["passed"] == 5 * 4 and report["duplicates"] == 5 and report["over_cap"] == 5
   with open(tmp_path / "a" / sample.REPORT_FILE) as f:
     assert json.load(f) == report
-  expected_prompts = [ex.prompt for ex in sample.choose_prompts(common.prompt_source(config.data, "train"), 5, 3)]
+  expected_prompts = [ex.prompt for ex in sample.choose_prompts(splits.prompt_source(config.data, "train"), 5, 3)]
   assert [r["prompt"] for r in rows] == [p for p in expected_prompts for _ in range(2)]
   assert len({(r["prompt"], r["response"]) for r in rows}) == len(rows)
   # Every kept line passes the verifiers when graded again from the file alone.

@@ -58,6 +58,16 @@ def test_quick_pipeline_writes_every_output(tmp_path):
     assert 0.0 <= summary[key] <= 1.0, key
   assert (summary["k"], summary["n_eval"]) == (2, 16) and summary["wall_seconds"] > 0
   assert summary["pass@1_after"] == report["after"]["datasets"]["held_out"]["pass@1"]
+  # GRPO starts from the policy SFT just evaluated, with the same protocol: its "before" is that
+  # evaluation, not a second one (the same numbers; protocol.reuse_key says when that holds).
+  with open(tmp_path / "0_sft" / "eval_report.json") as f:
+    sft_final = json.load(f)
+  assert sft_final.pop("reuse_key")["policy"] and report["before"] == sft_final
+  assert "not evaluating it again" in out
+  # A quiet terminal: progress lines and tables, no library INFO logs (orbax alone wrote ~1,000).
+  assert not [line for line in err.splitlines() if line[:1] == "I" and line[1:5].isdigit()], err[:2000]
+  assert sum(line.startswith("held_out ") for line in out.splitlines()) == 2, out   # SFT's final, GRPO's after
+  assert len(out.splitlines()) + len(err.splitlines()) < 60, out + err
   assert "| pass@1 (95% CI) |" in (tmp_path / "results.md").read_text()
   assert "after GRPO" in (tmp_path / "samples.md").read_text()
   assert (tmp_path / "curves.png").read_bytes() == (tmp_path / "1_grpo" / "curves.png").read_bytes()

@@ -20,7 +20,7 @@ import numpy as np
 from r1.data.sources import PromptExample
 
 _OP_NAMES = {"+": "add", "-": "subtract", "*": "multiply"}
-# grader -> the PromptExample.verifier that r1.rewards.accuracy and r1.evaluate route by.
+# grader -> the PromptExample.verifier that r1.rewards.accuracy and r1.eval.grading route by.
 _GRADERS = {"exact": "arithmetic", "math": "math"}
 
 

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 import r1
-from r1 import eval_metrics
-from r1 import evaluate as evaluate_lib
 from r1 import sampling
 from r1 import tokenizer as tokenizer_lib
 from r1.data import tasks
 from r1.data import templates
 from r1.data.sources import PromptExample
+from r1.eval import grading
+from r1.eval import metrics as eval_metrics
+from r1.eval import protocol
+from r1.eval import report as report_lib
 from r1.model import get_model_config, init_variables
 from r1.rewards import math as math_reward
 
@@ -123,7 +125,7 @@ def _completions(answers):
 def test_cons_at_k_counts_equivalent_answers_as_one_vote(gold, cons):
   # "0.5", "1/2" and "\frac{1}{2}" are one answer with three votes; "3" has two.
   answers = ["3", "0.5", "1/2", "3", "\\frac{1}{2}"]
-  report = evaluate_lib.summarize([_math_example(gold)], [_completions(answers)],
+  report = protocol.dataset_metrics([_math_example(gold)], [_completions(answers)],
                                   np.full((1, 5), 9), np.ones((1, 5), bool))
   sample = report["samples"][0]
   assert sample["voted_answer"] == "0.5" and sample["votes"] == 3
@@ -134,7 +136,7 @@ def test_cons_at_k_counts_equivalent_answers_as_one_vote(gold, cons):
 
 def test_cons_at_k_can_lose_where_pass_at_k_wins():
   # Two identical wrong answers outvote one right one: cons@k 0, pass@k 1.
-  report = evaluate_lib.summarize([_math_example("7")], [_completions(["5", "7", "5"])],
+  report = protocol.dataset_metrics([_math_example("7")], [_completions(["5", "7", "5"])],
                                   np.full((1, 3), 4), np.ones((1, 3), bool))
   assert report["cons@k"] == 0.0 and report["pass@k"]["3"] == 1.0
   assert report["pass@1"] == pytest.approx(1 / 3)
@@ -146,7 +148,7 @@ def test_countdown_vote_joins_different_correct_expressions():
   right_a, right_b = example.gold, f"({example.gold})"
   wrong = "1 + 1"
   assert not tasks.get_verifier("countdown")(wrong, example.gold, example.meta)
-  report = evaluate_lib.summarize(
+  report = protocol.dataset_metrics(
       [example], [_completions([wrong, right_a, wrong, right_b, right_a])],
       np.full((1, 5), 4), np.ones((1, 5), bool))
   assert report["samples"][0]["voted_answer"] == right_a
@@ -160,19 +162,19 @@ def test_grade_routes_each_example_to_its_verifier():
   examples = [_math_example("\\frac{1}{2}"), _math_example("\\frac{1}{2}"), arithmetic,
               arithmetic, countdown, countdown]
   completions = _completions(["0.5", "0.6", arithmetic.gold, "0.5", countdown.gold, "abc"])
-  correct, answers = evaluate_lib.grade(completions, examples)
+  correct, answers = grading.grade(completions, examples)
   np.testing.assert_array_equal(correct, [True, False, True, False, True, False])
   assert answers[2] == arithmetic.gold
   # The arithmetic verifier calls int(gold): "abc" as a vote's gold is "different", not a crash,
   # and "N," (not an int() gold) still votes with "N" because both are correct.
   g = arithmetic.gold
   row = ["abc", "abc", f"{g},", g, g]
-  row_correct, _ = evaluate_lib.grade(_completions(row), [arithmetic] * 5)
+  row_correct, _ = grading.grade(_completions(row), [arithmetic] * 5)
   np.testing.assert_array_equal(row_correct, [False, False, True, True, True])
-  cons, voted, votes = evaluate_lib.consensus([row], row_correct[None], [arithmetic])
+  cons, voted, votes = grading.consensus([row], row_correct[None], [arithmetic])
   assert (votes[0], voted[0], cons[0]) == (3, f"{g},", True)
   with pytest.raises(ValueError, match="'code'"):
-    evaluate_lib.grade(["x"], [PromptExample("c", "q", "g", verifier="code")])
+    grading.grade(["x"], [PromptExample("c", "q", "g", verifier="code")])
 
 
 class _FakeTokenizer:
@@ -185,10 +187,10 @@ class _FakeTokenizer:
 def test_completion_ids_strip_eos_keep_answer_tag_and_drop_padded_vocab():
   tok = _FakeTokenizer()
   row = np.array([5, 6, 3, 0, 0])
-  assert evaluate_lib.completion_ids(row, 3, True, [3, 7], tok) == [5, 6]
-  assert evaluate_lib.completion_ids(np.array([5, 7, 0]), 2, True, [3, 7], tok) == [5, 7]
+  assert protocol.completion_ids(row, 3, True, [3, 7], tok) == [5, 6]
+  assert protocol.completion_ids(np.array([5, 7, 0]), 2, True, [3, 7], tok) == [5, 7]
   # Truncated rows keep every token; ids past the tokenizer (padded embeddings) decode to nothing.
-  assert evaluate_lib.completion_ids(np.array([5, 12, 3]), 3, False, [3], tok) == [5, 3]
+  assert protocol.completion_ids(np.array([5, 12, 3]), 3, False, [3], tok) == [5, 3]
 
 
 @dataclasses.dataclass
@@ -212,7 +214,7 @@ class _EchoPolicy:
 def test_sample_completions_pads_the_last_batch_and_drops_its_rows():
   policy = _EchoPolicy()
   prompts = [[10 + i, 1] for i in range(5)]
-  out = evaluate_lib.sample_completions(policy, prompts, k=3, batch_size=2, max_new_tokens=4,
+  out = protocol.sample_completions(policy, prompts, k=3, batch_size=2, max_new_tokens=4,
                                         temperature=1.0, top_p=1.0, top_k=0, stop_tokens=[3],
                                         seed=0)
   assert [size for size, _ in policy.calls] == [2, 2, 2]  # One static batch shape.
@@ -280,7 +282,7 @@ def test_evaluate_end_to_end_with_known_golds(tiny_setup, tmp_path):
   policy, tok, template, examples = tiny_setup
   k, n_new = 3, 11  # An N no other test uses: this test's compiles are its own.
   before = sampling.compile_count()["decode"]
-  report = evaluate_lib.evaluate(policy, tok, template, examples, k=k, max_new_tokens=n_new,
+  report = protocol.evaluate(policy, tok, template, examples, k=k, max_new_tokens=n_new,
                                  batch_size=2, dataset_name="arith", num_report_samples=5)
   prompts = [tok.encode(template.render_prompt(ex.prompt), add_bos=True) for ex in examples]
   buckets = {sampling.bucket_length(len(p)) for p in prompts}
@@ -298,7 +300,7 @@ def test_evaluate_end_to_end_with_known_golds(tiny_setup, tmp_path):
   assert any(a is not None for a in first)
   known = [dataclasses.replace(ex, gold=a, verifier="math") if a is not None else ex
            for ex, a in zip(examples, first)]
-  again = evaluate_lib.evaluate(policy, tok, template, {"known": known}, k=k, max_new_tokens=n_new,
+  again = protocol.evaluate(policy, tok, template, {"known": known}, k=k, max_new_tokens=n_new,
                                 batch_size=2, num_report_samples=5)["datasets"]["known"]
   assert ([s["completions"] for s in again["samples"]]
           == [s["completions"] for s in metrics["samples"]])
@@ -308,8 +310,8 @@ def test_evaluate_end_to_end_with_known_golds(tiny_setup, tmp_path):
   assert all(s["correct"][0] for s, ok in zip(again["samples"], has_answer) if ok)
 
   path = tmp_path / "out" / "eval.json"
-  evaluate_lib.write_report(str(path), report)
+  report_lib.write_report(str(path), report)
   assert json.loads(path.read_text()) == json.loads(json.dumps(report))
-  table = evaluate_lib.format_table(report).splitlines()
+  table = report_lib.format_table(report).splitlines()
   assert len(table) == 2 and table[1].startswith("arith")
   assert f"{metrics['pass@1']:.3f}" in table[1]

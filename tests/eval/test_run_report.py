@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from r1.train import report
+from r1.eval import run_report as report
 
 
 def _eval_report(pass1, cons, fmt, k=4, n=32, correct=(True, False)):
@@ -16,23 +16,23 @@ def _eval_report(pass1, cons, fmt, k=4, n=32, correct=(True, False)):
 
 
 def test_summary_has_the_checked_fields_and_the_gain():
-  s = report.summarize({"before": _eval_report(0.25, 0.3, 0.9), "after": _eval_report(0.5, 0.6, 1.0)},
+  s = report.summarize_run({"before": _eval_report(0.25, 0.3, 0.9), "after": _eval_report(0.5, 0.6, 1.0)},
                        wall_seconds=12.5, extra={"seed": 3})
   assert {"pass@1_before", "pass@1_after", "cons@k_before", "cons@k_after", "format_reward_after", "k", "n_eval",
           "wall_seconds"} <= set(s)
   assert (s["pass@1_before"], s["pass@1_after"], s["cons@k_after"], s["format_reward_after"]) == (0.25, 0.5, 0.6, 1.0)
   assert s["pass@1_gain"] == pytest.approx(0.25) and (s["k"], s["n_eval"], s["seed"]) == (4, 32, 3)
   assert s["machine"]["cpu_count"] >= 1
-  table = report.format_table(s)
+  table = report.format_results(s)
   assert "| pass@1 (95% CI) | 0.250 [0.150, 0.350] | 0.500 [0.400, 0.600] |" in table
   assert "32 problems x k=4" in table
 
 
 def test_summary_refuses_a_missing_or_different_evaluation():
   with pytest.raises(ValueError, match="eval.at_start"):
-    report.summarize({"after": _eval_report(0.5, 0.5, 1.0)}, wall_seconds=1)
+    report.summarize_run({"after": _eval_report(0.5, 0.5, 1.0)}, wall_seconds=1)
   with pytest.raises(ValueError, match="different protocols"):
-    report.summarize({"before": _eval_report(0.5, 0.5, 1.0, k=2), "after": _eval_report(0.5, 0.5, 1.0)},
+    report.summarize_run({"before": _eval_report(0.5, 0.5, 1.0, k=2), "after": _eval_report(0.5, 0.5, 1.0)},
                      wall_seconds=1)
 
 

@@ -17,9 +17,11 @@ import os
 import platform
 import shutil
 
-from r1.train import common
+import jax
 
-REPORT_FILE = "report.json"
+from r1.eval import report as report_lib
+
+RUN_REPORT_FILE = "report.json"
 COMPARISON_FILE = "comparison.json"
 COMPARISON_TABLE_FILE = "comparison.md"
 TABLE_FILE = "results.md"
@@ -33,7 +35,6 @@ _COMPARED = (("pass@1", "pass@1", "pass@1"), ("cons@k", "cons@k", "cons@k"), ("p
 
 
 def _machine() -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   return {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "num_devices": len(devices),
           "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
@@ -41,21 +42,21 @@ def _machine() -> dict:
 
 def _write_texts(workdir: str, texts: dict[str, str]) -> None:
   """Writes each text, newline-terminated, to <workdir>/<name>, on the writing process only
-  (common.is_chief: multi-host jobs share the workdir)."""
-  if not common.is_chief():
+  (process 0: multi-host jobs share the workdir)."""
+  if jax.process_index() != 0:
     return
   for name, text in texts.items():
     with open(os.path.join(workdir, name), "w") as f:
       f.write(text + "\n")
 
 
-def summarize(eval_reports: dict, *, wall_seconds: float, dataset: str = "held_out", extra: dict | None = None
+def summarize_run(eval_reports: dict, *, wall_seconds: float, dataset: str = "held_out", extra: dict | None = None
               ) -> dict:
   """The flat before/after summary of a GRPO stage's {"before": report, "after": report}.
 
   Args:
-    eval_reports: r1.evaluate reports keyed "before" and "after" (the GRPO stage's
-      eval_report.json).
+    eval_reports: r1.eval reports keyed "before" and "after" (the GRPO stage's
+      report_lib.REPORT_FILE).
     wall_seconds: the run's wall-clock time.
     dataset: which dataset of the reports to compare.
     extra: more fields to record (config name, seed...).
@@ -63,11 +64,11 @@ def summarize(eval_reports: dict, *, wall_seconds: float, dataset: str = "held_o
     A JSON-able dict (see the module docstring).
   """
   if "before" not in eval_reports or "after" not in eval_reports:
-    raise ValueError(f"summarize: need 'before' and 'after' evaluations, got {sorted(eval_reports)} "
+    raise ValueError(f"summarize_run: need 'before' and 'after' evaluations, got {sorted(eval_reports)} "
                      "(set eval.at_start=True on the GRPO stage)")
   before, after = (eval_reports[key]["datasets"][dataset] for key in ("before", "after"))
   if (before["n_eval"], before["k"]) != (after["n_eval"], after["k"]):
-    raise ValueError(f"summarize: before ({before['n_eval']} x {before['k']}) and after "
+    raise ValueError(f"summarize_run: before ({before['n_eval']} x {before['k']}) and after "
                      f"({after['n_eval']} x {after['k']}) evaluated different protocols")
   out = {"dataset": dataset, "k": after["k"], "n_eval": after["n_eval"],
          "temperature": eval_reports["after"]["config"]["temperature"],
@@ -82,7 +83,7 @@ def summarize(eval_reports: dict, *, wall_seconds: float, dataset: str = "held_o
   return out
 
 
-def format_table(summary: dict) -> str:
+def format_results(summary: dict) -> str:
   """The before/after table as Markdown."""
   lines = [f"Held-out `{summary['dataset']}`: {summary['n_eval']} problems x k={summary['k']} samples at "
            f"temperature {summary['temperature']}, top-p {summary['top_p']}.", "",
@@ -119,19 +120,18 @@ def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | Non
   """Writes report.json, results.md, samples.md and curves.png to `workdir` from the GRPO stage
   in `grpo_dir`; returns the summary, or None (writing nothing) when that stage did not evaluate
   both its start and its end. Multi-host: process 0 writes; every process returns the summary."""
-  path = os.path.join(grpo_dir, "eval_report.json")
+  path = os.path.join(grpo_dir, report_lib.REPORT_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    eval_reports = json.load(f)
+  eval_reports = report_lib.read_report(path)
   if not {"before", "after"} <= set(eval_reports):
     return None
-  summary = summarize(eval_reports, wall_seconds=wall_seconds, extra=dict(extra or {}, grpo_stage=grpo_dir))
+  summary = summarize_run(eval_reports, wall_seconds=wall_seconds, extra=dict(extra or {}, grpo_stage=grpo_dir))
   # Multi-host: every process returns the summary, process 0 writes it.
-  _write_texts(workdir, {REPORT_FILE: json.dumps(summary, indent=2), TABLE_FILE: format_table(summary),
+  _write_texts(workdir, {RUN_REPORT_FILE: json.dumps(summary, indent=2), TABLE_FILE: format_results(summary),
                          SAMPLES_FILE: format_samples(eval_reports)})
   curves = os.path.join(grpo_dir, CURVES_FILE)
-  if common.is_chief() and os.path.exists(curves):
+  if jax.process_index() == 0 and os.path.exists(curves):
     shutil.copyfile(curves, os.path.join(workdir, CURVES_FILE))
   return summary
 
@@ -139,11 +139,10 @@ def write(workdir: str, grpo_dir: str, *, wall_seconds: float, extra: dict | Non
 def _stage_evaluation(stage_dir: str, when: str, dataset: str) -> dict:
   """The `when` ("before" | "after") held-out evaluation of the stage in `stage_dir`: a GRPO stage's
   eval_report.json holds both, an SFT stage's its final evaluation only (its "after")."""
-  path = os.path.join(stage_dir, "eval_report.json")
+  path = os.path.join(stage_dir, report_lib.REPORT_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: the stage did not evaluate (set eval.at_end / eval.at_start on it)")
-  with open(path) as f:
-    reports = json.load(f)
+  reports = report_lib.read_report(path)
   if "datasets" in reports:  # A single evaluation: the stage's final policy.
     reports = {"after": reports}
   if when not in reports:

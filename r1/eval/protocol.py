@@ -1,153 +1,46 @@
-"""Evaluation: sample k completions per problem, grade them, report pass@k / cons@k (R1 §3).
+"""The evaluation protocol (R1 §3): sample k completions per problem, grade them, report.
 
     report = evaluate(policy, tokenizer, "r1_zero", load_math500(), k=16, max_new_tokens=32768,
                       dataset_name="math500")
-    print(format_table(report)); write_report(workdir + "/eval.json", report)
+    print(report_lib.format_table(report))
 
 Protocol (R1 §3, "Evaluation Setup"): sampling at temperature 0.6 and top-p 0.95, k samples per
 problem, pass@1 = correctness averaged over the k samples; cons@k = majority vote over the
-extracted answers. Grading routes each example by `PromptExample.verifier`: "math" goes to
-`r1.rewards.math` (batched, sympy in its worker pool), a synthetic task name to that task's
-verifier (`r1.data.tasks.get_verifier`). Pure metrics live in `r1.eval_metrics`.
+extracted answers (grading: `r1.eval.grading`; pure metrics: `r1.eval.metrics`). Every stage
+evaluates through `evaluate_config`, which reads the protocol from config.eval.
 """
 
+import dataclasses
+import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from r1 import eval_metrics
 from r1 import sharding
 from r1 import tokenizer as tokenizer_lib
-from r1.data import tasks as tasks_lib
+from r1.data import splits
+from r1.data import sources
 from r1.data import templates as templates_lib
-from r1.rewards import accuracy
+from r1.eval import grading
+from r1.eval import metrics
 from r1.rewards import format as format_lib
-from r1.rewards import math as math_lib
 from r1.rewards import reflection as reflection_lib
 
-# Columns of `format_table`: (title, report key, format).
-_TABLE_COLUMNS = (("n", "n_eval", "{:d}"), ("k", "k", "{:d}"), ("pass@1", "pass@1", "{:.3f}"),
-                  ("95% CI", "pass@1_ci", "[{:.3f}, {:.3f}]"), ("cons@k", "cons@k", "{:.3f}"),
-                  ("pass@k", "pass@k_max", "{:.3f}"), ("format", "format_rate", "{:.3f}"),
-                  ("len", "mean_length", "{:.0f}"), ("trunc", "truncated_frac", "{:.3f}"),
-                  ("reflect", "reflection_rate", "{:.3f}"))
-
-
-# ----------------------------------------------------------------------------------------------
-# Grading.
-
-def _synthetic_ok(verify, answer: str, gold: str, meta: dict) -> bool:
-  # Synthetic verifiers assume a well-formed gold (int(gold)); in a vote the "gold" is another
-  # sample's answer, so a malformed one means "not the same answer", not a crash.
-  try:
-    return bool(verify(answer, gold, meta))
-  except (ValueError, TypeError, KeyError, ArithmeticError):
-    return False
-
-
-def _check_verifier(verifier: str) -> None:
-  if verifier != "math" and verifier not in tasks_lib.TASKS:
-    raise ValueError(f"cannot grade verifier {verifier!r}: evaluate knows 'math' and the synthetic "
-                     f"tasks {sorted(tasks_lib.TASKS)}")
-
-
-def grade(completions: Sequence[str], examples: Sequence, pool=None
-          ) -> tuple[np.ndarray, list[str | None]]:
-  """Grades each completion against its example with the example's verifier.
-
-  Args:
-    completions: N response texts (stop token already stripped).
-    examples: N PromptExample (one per completion; repeat an example for its k samples).
-    pool: the sympy pool for "math" (default: `r1.rewards.math.default_pool()`).
-  Returns:
-    (correct bool[N], answers: the N extracted answers, None where there is none).
-  """
-  if len(completions) != len(examples):
-    raise ValueError(f"grade: {len(completions)} completions != {len(examples)} examples")
-  for ex in examples:
-    _check_verifier(ex.verifier)
-  answers = [math_lib.extract_answer(c) for c in completions]
-  # The same routing as the training reward (math: batched sympy over the pool; tasks: theirs).
-  correct = accuracy.accuracy_reward(list(completions), list(examples), pool=pool) > 0.5
-  return correct, answers
-
-
-def _distinct_pairs(answers: Sequence[str | None]) -> list[tuple[str, str]]:
-  """Ordered pairs (earlier, later) of the distinct non-None answers, in first-appearance order."""
-  distinct = list(dict.fromkeys(a for a in answers if a is not None))
-  return [(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1:]]
-
-
-def answer_equivalence(groups: Sequence[Sequence[str | None]], examples: Sequence, pool=None
-                       ) -> list[dict[tuple[str, str], bool]]:
-  """For each problem, whether each pair of its distinct answers is the same answer.
-
-  Two answers are the same when the problem's verifier accepts each one with the other as gold
-  (both directions, so the relation is symmetric: Countdown's verifier ignores the gold and
-  accepts any expression reaching the target, so there all correct answers are one vote and
-  each wrong expression its own). Math pairs of every problem go to one batched verify call.
-
-  Args:
-    groups: P lists of extracted answers (the k samples of each problem).
-    examples: P PromptExample.
-  Returns:
-    P dicts {(a, b): bool} over the ordered pairs of `_distinct_pairs(groups[p])`.
-  """
-  out = [dict() for _ in groups]
-  math_keys, math_preds, math_golds = [], [], []
-  for p, (answers, ex) in enumerate(zip(groups, examples)):
-    _check_verifier(ex.verifier)
-    for a, b in _distinct_pairs(answers):
-      if ex.verifier == "math":
-        math_keys.append((p, a, b))
-        # The answer side is wrapped so the verifier re-extracts exactly `a` (a bare multi-line
-        # answer would otherwise extract to None).
-        math_preds += [f"<answer>{b}</answer>", f"<answer>{a}</answer>"]
-        math_golds += [a, b]
-      else:
-        verify = tasks_lib.get_verifier(ex.verifier)
-        out[p][(a, b)] = (_synthetic_ok(verify, b, a, ex.meta)
-                          and _synthetic_ok(verify, a, b, ex.meta))
-  if math_keys:
-    ok = math_lib.verify_batch(math_preds, math_golds, pool=pool).reshape(-1, 2) > 0.5
-    for (p, a, b), both in zip(math_keys, ok):
-      out[p][(a, b)] = bool(both.all())
-  return out
-
-
-def consensus(answers: Sequence[Sequence[str | None]], correct, examples: Sequence,
-              pool=None) -> tuple[np.ndarray, list[str | None], np.ndarray]:
-  """cons@k per problem: majority vote over answers grouped by `answer_equivalence`.
-
-  Two answers are one vote when `answer_equivalence` says so, or when both were graded correct:
-  verifiers assume a canonical gold (`int(gold)`), so "1,000" fails as the gold of "1000" though
-  both equal the real gold. The voted group's answer is graded by its first sample's correctness
-  (ties: the group whose first sample is earliest; see `eval_metrics.majority_vote`).
-
-  Args:
-    answers: P lists of k extracted answers. correct: bool[P, k]. examples: P PromptExample.
-  Returns:
-    (cons_correct bool[P], voted answer per problem (None: no answers), votes int[P]).
-  """
-  correct = np.asarray(correct, bool)
-  tables = answer_equivalence(answers, examples, pool)
-  cons_correct = np.zeros(len(answers), bool)
-  voted, votes = [], np.zeros(len(answers), np.int64)
-  for p, (row, table) in enumerate(zip(answers, tables)):
-    right = {a for a, ok in zip(row, correct[p]) if ok and a is not None}
-    winner, votes[p] = eval_metrics.majority_vote(
-        row, lambda a, b, t=table, r=right: t[(a, b)] or (a in r and b in r))
-    voted.append(None if winner is None else row[winner])
-    cons_correct[p] = winner is not None and bool(correct[p, winner])
-  return cons_correct, voted, votes
+# The datasets an `eval` config may name (config.eval.datasets): "held_out" and "train" are the
+# config's own data source's splits (for synthetic data, the fixed held-out seed GRPO reports on).
+DATASETS = ("held_out", "train", "gsm8k", "math500")
 
 
 # ----------------------------------------------------------------------------------------------
 # Sampling.
+
+def encode_prompts(tokenizer, template, examples: Sequence, add_bos: bool = True) -> list[list[int]]:
+  """The token ids of each example's templated prompt (`add_bos`: as the training pipeline does)."""
+  return [tokenizer.encode(template.render_prompt(ex.prompt), add_bos=add_bos) for ex in examples]
+
 
 def completion_ids(tokens, length: int, stopped: bool, stop_tokens, tokenizer) -> list[int]:
   """The ids of one sampled row to decode for grading.
@@ -164,8 +57,9 @@ def completion_ids(tokens, length: int, stopped: bool, stop_tokens, tokenizer) -
   return [i for i in ids if 0 <= i < tokenizer.vocab_size]
 
 
-def _batch_seed(seed: int, batch_index: int) -> int:
-  # Independent streams per batch and per run seed (seed + i would reuse streams across runs).
+def batch_seed(seed: int, batch_index: int) -> int:
+  """The sampler seed of batch `batch_index` of a run seeded `seed`: independent streams per batch
+  and per run seed (seed + i would reuse streams across runs); an int in [0, 2**31)."""
   return int(np.random.SeedSequence([seed, batch_index]).generate_state(1, np.uint32)[0] >> 1)
 
 
@@ -196,7 +90,7 @@ def sample_completions(policy, prompts: Sequence[Sequence[int]], *, k: int, batc
     batch += [batch[i % real] for i in range(batch_size - real)]
     out = policy.generate(batch[lo:hi], num_samples=k, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, top_k=top_k,
-                          stop_tokens=list(stop_tokens), seed=_batch_seed(seed, b),
+                          stop_tokens=list(stop_tokens), seed=batch_seed(seed, b),
                           **({} if mesh is None else {"mesh": mesh}))
     rows = real * k  # Rows are grouped by prompt, so the real prompts' rows come first.
     tokens.append(read(out.tokens)[:rows].reshape(real, k, max_new_tokens))
@@ -209,10 +103,19 @@ def sample_completions(policy, prompts: Sequence[Sequence[int]], *, k: int, batc
           "stopped": np.concatenate(stopped)}
 
 
-# ----------------------------------------------------------------------------------------------
-# Reports.
+def decode_completions(tokenizer, sampled: dict, prompt_indices, stop_tokens: Sequence[int]) -> list[list[str]]:
+  """The texts of `sample_completions` output rows `prompt_indices`: a list per prompt of its k
+  decoded completions (`completion_ids`: eos dropped, a final template tag kept)."""
+  k = sampled["tokens"].shape[1]
+  return [[tokenizer.decode(completion_ids(sampled["tokens"][p, g], sampled["lengths"][p, g],
+                                           sampled["stopped"][p, g], stop_tokens, tokenizer))
+           for g in range(k)] for p in prompt_indices]
 
-def summarize(examples: Sequence, completions: Sequence[Sequence[str]], lengths, stopped, *,
+
+# ----------------------------------------------------------------------------------------------
+# Metrics of one dataset.
+
+def dataset_metrics(examples: Sequence, completions: Sequence[Sequence[str]], lengths, stopped, *,
               think_prefilled: bool = False, num_report_samples: int = 3, pool=None) -> dict:
   """Grades P problems' k completions each and returns their metrics.
 
@@ -226,36 +129,36 @@ def summarize(examples: Sequence, completions: Sequence[Sequence[str]], lengths,
   n_problems = len(examples)
   k = len(completions[0]) if n_problems else 0
   if any(len(c) != k for c in completions) or len(completions) != n_problems:
-    raise ValueError(f"summarize: expected {n_problems} lists of k={k} completions")
+    raise ValueError(f"dataset_metrics: expected {n_problems} lists of k={k} completions")
   flat = [c for row in completions for c in row]
-  flat_correct, flat_answers = grade(flat, [ex for ex in examples for _ in range(k)], pool)
+  flat_correct, flat_answers = grading.grade(flat, [ex for ex in examples for _ in range(k)], pool)
   correct = flat_correct.reshape(n_problems, k)
   answers = [flat_answers[p * k:(p + 1) * k] for p in range(n_problems)]
-  cons_correct, voted, votes = consensus(answers, correct, examples, pool)
+  cons_correct, voted, votes = grading.consensus(answers, correct, examples, pool)
   lengths_pk = np.asarray(lengths).reshape(n_problems, k)
   stopped_pk = np.asarray(stopped, bool).reshape(n_problems, k)
   lengths, stopped = lengths_pk.reshape(-1), stopped_pk.reshape(-1)
 
-  per_problem = eval_metrics.per_problem_pass_at_1(correct) if n_problems else np.zeros(0)
-  ci = eval_metrics.bootstrap_ci(per_problem)
+  per_problem = metrics.per_problem_pass_at_1(correct) if n_problems else np.zeros(0)
+  ci = metrics.bootstrap_ci(per_problem)
   report = {"n_eval": n_problems, "k": k,
-            "pass@1": eval_metrics.pass_at_1_mean(correct) if n_problems else 0.0,
+            "pass@1": metrics.pass_at_1_mean(correct) if n_problems else 0.0,
             "pass@1_ci": [ci[0], ci[1]],
             "pass@1_ci_method": "95% percentile bootstrap over problems, 1000 resamples",
             # Treats all P*k samples as independent: too narrow, but never a zero-width interval
             # at pass@1 = 0 or 1, where the bootstrap's is.
-            "pass@1_ci_wilson": list(eval_metrics.wilson_interval(int(correct.sum()),
+            "pass@1_ci_wilson": list(metrics.wilson_interval(int(correct.sum()),
                                                                   correct.size)),
             "cons@k": float(cons_correct.mean()) if n_problems else 0.0}
-  report["pass@k"] = {str(j): eval_metrics.mean_pass_at_k(correct, j) if n_problems else 0.0
-                      for j in eval_metrics.pass_at_k_values(max(k, 1))}
+  report["pass@k"] = {str(j): metrics.mean_pass_at_k(correct, j) if n_problems else 0.0
+                      for j in metrics.pass_at_k_values(max(k, 1))}
   report["pass@k_max"] = report["pass@k"][str(max(k, 1))]
   fmt = np.array([format_lib.strict_format_ok(c, think_prefilled) for c in flat], bool)
   fmt_lenient = np.array([format_lib.lenient_format_ok(c, think_prefilled) for c in flat], bool)
   report["format_rate"] = float(fmt.mean()) if flat else 0.0
   report["format_rate_lenient"] = float(fmt_lenient.mean()) if flat else 0.0
   report["answer_rate"] = float(np.mean([a is not None for a in flat_answers])) if flat else 0.0
-  report.update(eval_metrics.length_stats(lengths, stopped))
+  report.update(metrics.length_stats(lengths, stopped))
   # R1 Fig. 3: responses grow with training; correct and wrong ones usually differ.
   for name, sel in (("correct", flat_correct), ("incorrect", ~flat_correct)):
     report[f"mean_length_{name}"] = float(lengths[sel].mean()) if sel.any() else None
@@ -320,45 +223,67 @@ def evaluate(policy, tokenizer, template, examples, *, k: int = 4, temperature: 
     if not dataset:
       raise ValueError(f"evaluate: dataset {name!r} has no examples")
     for ex in dataset:
-      _check_verifier(ex.verifier)  # Fail before sampling, not after.
-    prompts = [tokenizer.encode(template.render_prompt(ex.prompt), add_bos=add_bos)
-               for ex in dataset]
+      grading.check_verifier(ex.verifier)  # Fail before sampling, not after.
+    prompts = encode_prompts(tokenizer, template, dataset, add_bos=add_bos)
     out = sample_completions(policy, prompts, k=k, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                              top_k=top_k, stop_tokens=stop_tokens, seed=seed, mesh=mesh)
-    completions = [[tokenizer.decode(completion_ids(out["tokens"][p, g], out["lengths"][p, g],
-                                                    out["stopped"][p, g], stop_tokens, tokenizer))
-                    for g in range(k)] for p in range(len(dataset))]
-    report["datasets"][name] = summarize(dataset, completions, out["lengths"], out["stopped"],
+    completions = decode_completions(tokenizer, out, range(len(dataset)), stop_tokens)
+    report["datasets"][name] = dataset_metrics(dataset, completions, out["lengths"], out["stopped"],
                                          think_prefilled=think_prefilled,
                                          num_report_samples=num_report_samples, pool=pool)
   return report
 
 
-def write_report(path: str, report: dict) -> None:
-  """Writes the report as indented JSON (directories are created; the write is atomic)."""
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2, ensure_ascii=False)
-    f.write("\n")
-  os.replace(tmp, path)
+# ----------------------------------------------------------------------------------------------
+# The protocol of a config: what every stage calls.
+
+def load_dataset(config, name: str) -> list:
+  """The first config.eval.num_examples PromptExamples of the dataset called `name` (DATASETS)."""
+  loaders = {"held_out": lambda: splits.prompt_source(config.data, "eval"),
+             "train": lambda: splits.prompt_source(config.data, "train"),
+             "gsm8k": lambda: sources.load_gsm8k("test"),
+             "math500": sources.load_math500}
+  if name not in loaders:
+    raise ValueError(f"eval.datasets entry {name!r}: expected one of {sorted(loaders)}")
+  source = loaders[name]()
+  n = min(config.eval.num_examples, len(source))
+  return [source[i] for i in range(n)]
 
 
-def format_table(report: dict) -> str:
-  """One row per dataset: n, k, pass@1 with its CI, cons@k, pass@k, format, length, truncation,
-  reflection."""
-  header = ["dataset"] + [title for title, _, _ in _TABLE_COLUMNS]
-  rows = []
-  for name, metrics in report["datasets"].items():
-    row = [name]
-    for _, key, fmt in _TABLE_COLUMNS:
-      value = metrics[key]
-      row.append(fmt.format(*value) if isinstance(value, (list, tuple)) else fmt.format(value))
-    rows.append(row)
-  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + rows]
-  return "\n".join(lines)
+def evaluate_config(config, policy, tokenizer, template, stop_tokens: Sequence[int], *,
+                    datasets: Sequence[str] = ("held_out",), mesh=None) -> dict:
+  """`evaluate` of `policy` with config.eval's protocol on the named datasets (see `load_dataset`).
+
+  The training stages evaluate on "held_out" (their before/after); the eval stage on
+  config.eval.datasets. `mesh`: the policy's, used with several processes only, so a one-process
+  run samples on one device as it always has.
+  """
+  e = config.eval
+  names = list(datasets)
+  if not names or len(set(names)) != len(names):
+    raise ValueError(f"eval datasets {names}: expected one or more distinct dataset names")
+  return evaluate(policy, tokenizer, template, {n: load_dataset(config, n) for n in names},
+                  k=e.k, temperature=e.temperature, top_p=e.top_p, top_k=e.get("top_k", 0),
+                  max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens),
+                  batch_size=e.batch_size, stop_tokens=stop_tokens, seed=e.seed,
+                  num_report_samples=e.get("num_report_samples", 3),
+                  mesh=mesh if jax.process_count() > 1 else None)
+
+
+def reuse_key(config, policy, tokenizer, template, stop_tokens: Sequence[int],
+              datasets: Sequence[str] = ("held_out",)) -> dict:
+  """What `evaluate_config` of `policy` depends on, as JSON: the policy's bits (`Policy.fingerprint`)
+  and model config, the encoded prompts, the sampling protocol and the devices. Two evaluations
+  with equal keys are the same numbers, so a stage whose starting policy the previous stage has
+  just evaluated reuses that report instead of sampling it again."""
+  e = config.eval
+  prompts = [encode_prompts(tokenizer, template, load_dataset(config, name)) for name in datasets]
+  key = {"policy": policy.fingerprint(), "model": dataclasses.asdict(policy.config),
+         "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "datasets": list(datasets),
+         "k": e.k, "temperature": e.temperature, "top_p": e.top_p, "top_k": e.get("top_k", 0),
+         "max_new_tokens": e.get("max_new_tokens", config.rollout.max_new_tokens), "batch_size": e.batch_size,
+         "seed": e.seed, "num_report_samples": e.get("num_report_samples", 3),
+         "stop_tokens": [int(t) for t in stop_tokens], "mesh": config.get("mesh", {}) and config.mesh.to_dict(),
+         "processes": jax.process_count(), "devices": [str(d.device_kind) for d in jax.devices()]}
+  return json.loads(json.dumps(key))  # As it reads back from a report (tuples are lists).
