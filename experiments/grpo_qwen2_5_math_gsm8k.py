@@ -10,16 +10,16 @@ prints the gcloud lines: create the v5p-8 VM, copy and install r1, one run per l
 The checkpoint must be on the VM's disk (r1 reads no model hub).
 """
 
-from r1 import launch
+from experiments import launcher
 
 
 def get_experiment(arg=None):
   """arg: the Qwen2.5-Math-1.5B checkpoint directory on the TPU VM (default /mnt/ckpt/Qwen2.5-Math-1.5B)."""
-  return launch.Experiment(
+  return launcher.Experiment(
       name="grpo_qwen2_5_math_gsm8k_lr",
       config="configs/grpo_qwen2_5_math_gsm8k.py",
       overrides={"init.hf_dir": arg or "/mnt/ckpt/Qwen2.5-Math-1.5B"},
-      sweep=launch.sweep("optimizer.learning_rate", [1e-6, 3e-6]),
+      sweep=launcher.sweep("optimizer.learning_rate", [1e-6, 3e-6]),
       topology="v5p-8",
       workdir_root="gs://YOUR_BUCKET/r1",
   )

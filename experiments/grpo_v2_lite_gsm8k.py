@@ -10,16 +10,16 @@ work units run one after another on the same host. The checkpoint must be on the
 prints the gcloud lines: create the v5p-8 VM, copy and install r1, one run per kl_coef, delete.
 """
 
-from r1 import launch
+from experiments import launcher
 
 
 def get_experiment(arg=None):
   """arg: the DeepSeek-V2-Lite checkpoint directory on the TPU VM (default /mnt/ckpt/DeepSeek-V2-Lite)."""
-  return launch.Experiment(
+  return launcher.Experiment(
       name="grpo_v2_lite_gsm8k_kl",
       config="configs/grpo_deepseek_v2_lite_gsm8k.py",
       overrides={"init.hf_dir": arg or "/mnt/ckpt/DeepSeek-V2-Lite"},
-      sweep=launch.sweep("grpo.kl_coef", [0.0, 0.001, 0.04]),
+      sweep=launcher.sweep("grpo.kl_coef", [0.0, 0.001, 0.04]),
       topology="v5p-8",
       workdir_root="gs://YOUR_BUCKET/r1",
   )

@@ -4,19 +4,22 @@
   python experiments/launch.py experiments/tiny_r1_zero_sweep.py --run       # run them, one after another
   python experiments/launch.py experiments/r1_zero_v3.py --tpu=r1-zero --zone=us-east5-a   # gcloud lines
 
-An experiment file defines `get_experiment(arg=None)` returning an `r1.launch.Experiment` (or an
+An experiment file defines `get_experiment(arg=None)` returning an `experiments.launcher.Experiment` (or an
 `EXPERIMENT` constant); `experiments/<file>.py:ARG` passes ARG. Every work unit's overrides are
 parsed against its config (as r1.main would) before anything is printed or run. --run runs the
 work units one after another from the repository root, goes on after a failure, and ends with a
-summary (exit status 1 if any failed). gcloud is never run, only printed. See r1/launch.py.
+summary (exit status 1 if any failed). gcloud is never run, only printed. See experiments/launcher.py.
 """
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Sequence
 
-from r1 import launch
+# Run as a script (python experiments/launch.py): the repository root holds the `experiments` package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import launcher  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main(argv: Sequence[str]) -> int:
@@ -34,17 +37,17 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--workdir_root", help="replaces the experiment's workdir_root")
   args = parser.parse_args(argv)
 
-  experiment = launch.load_experiment(args.experiment)
+  experiment = launcher.load_experiment(args.experiment)
   if args.workdir_root:
     experiment = dataclasses.replace(experiment, workdir_root=args.workdir_root)
   try:
-    for warning in launch.check(experiment):
+    for warning in launcher.check(experiment):
       print(f"# warning: {warning}", file=sys.stderr)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  units = launch.work_units(experiment)
-  where = experiment.topology if experiment.topology == "cpu" else launch.tpu_topology(experiment.topology)
+  units = launcher.work_units(experiment)
+  where = experiment.topology if experiment.topology == "cpu" else launcher.tpu_topology(experiment.topology)
   print(f"# {experiment.name}: {len(units)} work unit(s), {experiment.config}, {where}")
 
   if args.tpu:
@@ -52,7 +55,7 @@ def main(argv: Sequence[str]) -> int:
       print("error: --run and --tpu: the gcloud lines are printed, never run", file=sys.stderr)
       return 2
     try:
-      commands = launch.tpu_vm_commands(experiment, args.tpu, zone=args.zone, project=args.project, code=args.code)
+      commands = launcher.tpu_vm_commands(experiment, args.tpu, zone=args.zone, project=args.project, code=args.code)
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
@@ -60,13 +63,13 @@ def main(argv: Sequence[str]) -> int:
       print(f"# {command.description}\n{command.shell}")
     return 0
   if not args.run or args.dry_run:
-    for command in launch.local_commands(experiment):
+    for command in launcher.local_commands(experiment):
       print(f"# {command.description}\n{command.shell}")
     return 0
   if experiment.topology != "cpu":
     print(f"warning: {experiment.name} is meant for {experiment.topology}; running it here anyway",
           file=sys.stderr)
-  results = launch.run_local(experiment)
+  results = launcher.run_local(experiment)
   print(f"# summary: {sum(s == 0 for _, s, _ in results)}/{len(results)} work units succeeded")
   for name, status, seconds in results:
     print(f"#   {'ok    ' if status == 0 else 'FAILED'} {name} (exit {status}, {seconds:.1f} s)")

@@ -11,13 +11,15 @@ the CPU-sized ones also time a jitted forward. Runs on any machine in a minute o
 import os
 import sys
 
-from r1 import launch
+if __name__ == "__main__":  # Run as a script: the repository root holds the `experiments` package.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import launcher  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_experiment(arg=None):
   """One work unit per model config, plus the tiny model's MoE kernel and dtype variants."""
   del arg
-  return launch.Experiment(
+  return launcher.Experiment(
       name="model_report_sweep",
       config="configs/model_report.py",
       sweep=[
@@ -32,6 +34,5 @@ def get_experiment(arg=None):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import launch as launcher  # experiments/launch.py, the command line  # pylint: disable=g-import-not-at-top
-  sys.exit(launcher.main([__file__, *sys.argv[1:]]))
+  from experiments import launch as cli  # the command line  # pylint: disable=g-import-not-at-top
+  sys.exit(cli.main([__file__, *sys.argv[1:]]))

@@ -11,13 +11,13 @@ prints the gcloud lines; every line after `create` runs on all 128 workers (`--w
 same command on each host, which r1.main joins into one JAX job.
 """
 
-from r1 import launch
+from experiments import launcher
 
 
 def get_experiment(arg=None):
   """One work unit; arg is unused."""
   del arg
-  return launch.Experiment(
+  return launcher.Experiment(
       name="r1_zero_deepseek_v3",
       config="configs/r1_zero_deepseek_v3.py",
       overrides={"init.hf_dir": "/mnt/ckpt/DeepSeek-V3-Base", "data.path": "/mnt/data/math_prompts.jsonl"},

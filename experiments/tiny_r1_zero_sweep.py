@@ -17,13 +17,13 @@ Compare the units' <workdir>/eval_report.json (pass@1 before and after) and metr
 
 import os
 
-from r1 import launch
+from experiments import launcher
 
 
 def get_experiment(arg=None):
   """arg: the tiny pipeline's workdir, whose 0_sft/ holds the policy (default /tmp/tiny_r1_zero)."""
   sft = os.path.join(arg or "/tmp/tiny_r1_zero", "0_sft")
-  return launch.Experiment(
+  return launcher.Experiment(
       name="tiny_r1_zero_grpo_sweep",
       config="configs/tiny_r1_zero.py",
       # The pipeline's GRPO stage (configs/tiny_r1_zero.py, pipeline.stage_overrides[1]) as flags.
@@ -36,6 +36,6 @@ def get_experiment(arg=None):
           "optimizer.warmup_steps": 0,
           "eval.every_steps": 20,
       },
-      sweep=launch.product(**{"optimizer.learning_rate": [3e-5, 1e-4, 3e-4], "rollout.num_samples": [4, 8]}),
+      sweep=launcher.product(**{"optimizer.learning_rate": [3e-5, 1e-4, 3e-4], "rollout.num_samples": [4, 8]}),
       topology="cpu",
   )

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from r1 import launch
+from experiments import launcher as launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
-                          if os.path.basename(f) != "launch.py")
+                          if os.path.basename(f) not in ("launch.py", "launcher.py", "__init__.py"))
 
 
 def test_product_is_outer_first_and_zip_pairs_values():
@@ -196,7 +196,7 @@ def test_run_executes_each_work_unit_and_reports_failures(tmp_path):
   """Two cheap model reports: one runs and writes its workdir, one names no model and fails."""
   experiment_file = tmp_path / "two_reports.py"
   experiment_file.write_text(f'''"""Two model reports."""
-from r1 import launch
+from experiments import launcher as launch
 EXPERIMENT = launch.Experiment(
     "two_reports", "configs/model_report.py:tiny_v3", workdir_root={str(tmp_path)!r},
     overrides={{"forward.batch_size": 1, "forward.seq_len": 8}},

@@ -38,14 +38,14 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 import optax
 
-from r1 import launch
+from r1.tools import tpu_topology
 from r1 import optim
 from r1 import sharding
 from r1.model import ModelConfig, abstract_variables, get_model_config
 
 GiB = 1 << 30
 
-# HBM per chip by generation; chips per slice come from r1.launch.tpu_topology (v4 and v5p slices
+# HBM per chip by generation; chips per slice come from r1.tools.tpu_topology (v4 and v5p slices
 # are named by TensorCores, two per chip: v5p-1024 is 512 chips, one JAX device each).
 HBM_PER_CHIP = {
     "v4": 32 * GiB,    # cloud.google.com/tpu/docs/v4: 32 GiB HBM2 per chip
@@ -68,7 +68,7 @@ def topology_devices(topology: str) -> tuple[int, int]:
     return int(count), host_memory_bytes() // int(count)
   if name == "v5e":
     topology = f"v5litepod-{count}"
-  t = launch.tpu_topology(topology)
+  t = tpu_topology.tpu_topology(topology)
   return t.chips, HBM_PER_CHIP[t.generation]
 
 
@@ -92,7 +92,7 @@ def resolve_mesh_shape(mesh_shape: dict, num_devices: int) -> dict[str, int]:
 
 
 def model_config_of(config) -> ModelConfig:
-  """The policy's ModelConfig as r1.train.common.build_policy makes it, without loading weights.
+  """The policy's ModelConfig as r1.stages.common.build_policy makes it, without loading weights.
 
   With init.hf_dir set the parameters are in the compute dtype (r1.load_hf_checkpoint's rule) and
   the shapes come from its config.json when the directory exists; otherwise config.model.name,
@@ -274,7 +274,7 @@ def sampler_bytes(mc: ModelConfig, prompts: int, samples: int, prompt_len: int, 
 # LM-head chunks the split search tries, whole first: chunking only bounds the [rows, chunk, V] logits.
 LOGITS_CHUNKS = (None, 1024, 512, 256, 128)
 # The share of a device's memory an automatically chosen split may plan to use: the estimate is
-# within -20%/+30% of XLA's compiled memory (tests/tools/test_plan.py, tests/train/test_update_memory.py),
+# within -20%/+30% of XLA's compiled memory (tests/tools/test_plan.py, tests/stages/test_update_memory.py),
 # and collectives and fragmentation are not counted.
 FIT_HEADROOM = 0.8
 

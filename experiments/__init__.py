@@ -1,0 +1,1 @@
+"""Experiment files (launch descriptions and sweeps) and the launcher that runs them."""
