@@ -11,7 +11,7 @@ temperature 1 with no early stop, beta (kl_coef) 0.04, mu (num_iterations) 1, fl
 on all 64 sequences. Reward: distinct tokens in the completion / 128, computed from token ids
 identically on both sides. TRL runs when installed (`pip install -e .[fixtures]`), with gradient
 checkpointing off and min_new_tokens = 128, and its second step is timed; r1's iteration is the
-one r1/train/rl.py runs, timed warm (after a compiling iteration).
+one r1/stages/grpo.py runs, timed warm (after a compiling iteration).
 
 --model=smollm2 runs the same iteration on the converted SmolLM2-135M-Instruct (--hf_dir), which
 both sides load; the prompts stay random token ids (TRL's side maps them 1:1 through a word-level
@@ -36,9 +36,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import r1  # noqa: E402
-from r1 import grpo, optim, sampling, train_step  # noqa: E402
+from r1 import grpo, optim, sampling, train_state  # noqa: E402
 from r1.model import get_model_config, init_variables, param_count  # noqa: E402
-from r1.train import rollout  # noqa: E402
+from r1.stages import rollout  # noqa: E402
 from benchmarks import _machine  # noqa: E402
 
 
@@ -54,19 +54,19 @@ def distinct_token_reward(ids, max_new_tokens: int = 128) -> float:
 
 
 class R1Iteration:
-  """r1/train/rl.py's step body on a fixed batch of prompts, split into generate / reward / update."""
+  """r1/stages/grpo.py's step body on a fixed batch of prompts, split into generate / reward / update."""
 
   def __init__(self, policy, args):
     self.config, self.args = policy.config, args
     self.optimizer, schedule = optim.make_optimizer(1e-6, schedule="constant")
-    self.state = train_step.init_train_state(policy.variables, self.optimizer, with_reference=True)
+    self.state = train_state.init_train_state(policy.variables, self.optimizer, with_reference=True)
     rows, seq_len = args.num_prompts * args.num_samples, args.prompt_len + args.max_new_tokens
-    split = train_step.fitting_update_split(self.config, self.state, rows, seq_len)
+    split = train_state.fitting_update_split(self.config, self.state, rows, seq_len)
     if split is None:
       raise SystemExit(f"r1's update of {rows} x {seq_len} tokens fits no split on this machine")
     self.num_micro_batches, self.logits_chunk_size = split
-    self.update = train_step.make_grpo_step(self.config, self.optimizer, schedule, kl_coef=args.beta,
-                                            num_iterations=1, group_size=args.num_samples,
+    self.update = grpo.make_grpo_step(self.config, self.optimizer, schedule, kl_coef=args.beta,
+                                            num_iterations=1,
                                             num_micro_batches=split[0], logits_chunk_size=split[1])
 
   def __call__(self, prompts, seed: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Throughput and MFU of the fused GRPO update step (r1.train_step.make_grpo_step).
+"""Throughput and MFU of the fused GRPO update step (r1.grpo.make_grpo_step).
 
   python benchmarks/bench_grpo_step.py            # ~3 minutes on a 2-core CPU
   python benchmarks/bench_grpo_step.py --quick    # one config, fewer repeats
@@ -21,7 +21,7 @@ import numpy as np
 
 from r1 import grpo
 from r1 import optim
-from r1 import train_step as ts
+from r1 import train_state
 from r1.model import get_model_config, init_variables, param_count
 
 try:
@@ -44,8 +44,8 @@ def make_batch(config, b, t, seed=0):
 def bench(name, config, *, batch, length, kl_coef, chunk, micro, repeats):
   variables = init_variables(config, jax.random.key(0))
   opt, sched = optim.make_optimizer(1e-5, warmup_steps=10, decay_steps=1000)
-  state = ts.init_train_state(variables, opt, with_reference=bool(kl_coef))
-  step = ts.make_grpo_step(config, opt, sched, kl_coef=kl_coef, logits_chunk_size=chunk, num_micro_batches=micro)
+  state = train_state.init_train_state(variables, opt, with_reference=bool(kl_coef))
+  step = grpo.make_grpo_step(config, opt, sched, kl_coef=kl_coef, logits_chunk_size=chunk, num_micro_batches=micro)
   data = make_batch(config, batch, length)
   t0 = time.perf_counter()
   state, m = step(state, data)

@@ -8,7 +8,7 @@ into the JSONL); (4) GRPO for all scenarios; then evaluation. Each stage starts 
 stage's exported policy and skips itself when its output exists, so the same command resumes.
 
 Stage 4 in the paper adds model-based rewards for helpfulness/harmlessness (section 2.3.4). Point
-config.reward_model.path at a reward model written by r1.rewards.reward_model.save_reward_model
+config.reward_model.path at a reward model written by r1.reward_model.save_reward_model
 (the DeepSeek backbone plus a value head, on the policy's tokenizer) and its score is added to the
 rule-based rewards with config.reward_model.weight, in stage 4 only; the stage-2 overrides keep
 reasoning RL on rules. Without a path, stage 4 runs with the rule-based rewards alone and says so

@@ -77,7 +77,7 @@ def get_config(arg: str | None = None):
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})
   # No reward model in R1-Zero: neural rewards invite reward hacking at scale (R1 2.2.2). A path to
-  # an r1.rewards.reward_model checkpoint adds weight * its score to the rules (R1 stage 4).
+  # an r1.reward_model checkpoint adds weight * its score to the rules (R1 stage 4).
   c.reward_model = ml_collections.ConfigDict({"path": "", "weight": 0.0,
                                               "batch_size": 32})  # rows per reward-model forward pass
 

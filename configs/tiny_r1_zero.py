@@ -124,7 +124,7 @@ def get_config(arg: str | None = None):
   c.grpo.logits_chunk_size = ml_collections.config_dict.placeholder(int)
 
   c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.5})
-  # A learned reward (r1.rewards.reward_model checkpoint dir) added to the rules with this weight;
+  # A learned reward (r1.reward_model checkpoint dir) added to the rules with this weight;
   # "" runs rule-based rewards only.
   c.reward_model = ml_collections.ConfigDict({"path": "", "weight": 0.0})
 

@@ -2,17 +2,22 @@
 
   advantages = group_advantages(rewards, group_size)                     # R1 eq. 3
   loss, metrics = grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask)   # eq. 1-2
-  logprobs, entropy = token_logprobs(config, variables, tokens, targets, ...)  # chunked LM head
+  step = make_grpo_step(config, optimizer, schedule, kl_coef=0.001)      # the fused update
+  state, metrics = step(state, batch)                                     # r1.train_state; donated
 
 The shift convention everywhere: position t of a [B, T] token-level array scores the *target*
 token t + 1 (`targets[:, t] = tokens[:, t + 1]`), so masks mark positions whose target is a
-completion (or response) token. The fused train step that uses these lives in r1/train_step.py.
+completion token (r1.logprobs). A new loss is an edit to this file: the token terms
+(`grpo_token_terms`), their aggregation (`loss_weights`, `weighted_sums`) and the step that runs
+them (`make_grpo_step`) are all here; the machinery every update shares is r1.train_state.
 """
 
 import jax
 import jax.numpy as jnp
 
-from r1.model import ModelConfig, Transformer
+from r1 import logprobs as logprobs_lib
+from r1 import train_state
+from r1.model import ModelConfig
 
 Array = jax.Array
 
@@ -46,12 +51,6 @@ def group_advantages(rewards: Array, group_size: int, *, scale_by_std: bool = Tr
   # The mean of equal floats need not equal them exactly; zero-std groups carry no signal.
   constant = (r.max(axis=1, keepdims=True) == r.min(axis=1, keepdims=True))
   return jnp.where(constant, 0.0, centered).reshape(-1)
-
-
-def frac_zero_std_groups(rewards: Array, group_size: int) -> Array:
-  """f32[]: fraction of groups whose G rewards are all equal (TRL `frac_reward_zero_std`)."""
-  r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
-  return jnp.mean((r.max(axis=1) == r.min(axis=1)).astype(jnp.float32))
 
 
 def loss_weights(mask: Array, loss_agg: str) -> Array:
@@ -132,23 +131,6 @@ def weighted_sums(terms: dict[str, Array], mask: Array, weights: Array, kl_coef:
   return loss, sums
 
 
-def combine_sums(a: dict, b: dict) -> dict:
-  """Combines two dicts of statistics: keys ending in _min / _max by min / max, the rest by +."""
-  def combine(k):
-    if k.endswith("_min"):
-      return jnp.minimum(a[k], b[k])
-    if k.endswith("_max"):
-      return jnp.maximum(a[k], b[k])
-    return a[k] + b[k]
-  return {k: combine(k) for k in a}
-
-
-def empty_sums(keys) -> dict:
-  """The identity of `combine_sums` for these keys (+inf for _min, -inf for _max, else 0)."""
-  ident = lambda k: jnp.inf if k.endswith("_min") else -jnp.inf if k.endswith("_max") else 0.0
-  return {k: jnp.asarray(ident(k), jnp.float32) for k in keys}
-
-
 def finalize_metrics(sums: dict) -> dict[str, Array]:
   """Token means from `weighted_sums`, under TRL GRPOTrainer names where the meaning is the same."""
   n = jnp.maximum(sums["tokens"], 1.0)
@@ -205,59 +187,155 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_ep
 
 
 def advantage_metrics(advantages: Array) -> dict[str, Array]:
+  """advantages/mean and advantages/std of f32[B] advantages (frac_reward_zero_std is the rollout's:
+  r1.metrics.rollout_metrics, from the rewards)."""
   adv = jnp.asarray(advantages, jnp.float32)
   return {"advantages/mean": adv.mean(), "advantages/std": adv.std()}
 
 
-def sft_loss(logprobs: Array, loss_mask: Array) -> tuple[Array, dict]:
-  """Masked next-token cross-entropy on response tokens: -sum(mask * logprobs) / sum(mask).
+# --- The GRPO step -----------------------------------------------------------------------------
 
-  logprobs: f32[B, T] log-probability of each target token; loss_mask: [B, T] 1 on response targets.
-  Returns (loss, {"nll", "num_tokens"}).
+GRPO_SUM_KEYS = ("policy_loss", "kl_loss", "tokens", "kl", "ratio", "clip_low", "clip_high", "ratio_min",
+                 "ratio_max", "entropy")
+
+
+def make_grpo_grad_fn(config: ModelConfig, *, clip_eps=0.2, clip_eps_high=None, kl_coef=0.04,
+                      loss_agg="seq-mean-token-mean", num_micro_batches=1, logits_chunk_size=None):
+  """(params, moe_bias, batch, ref_logprobs|None, old_logprobs|None) -> (loss, grads, sums,
+  logprobs f32[B, T], expert_load int32[L, E]). Not jitted; the building block of the step."""
+
+  def loss_fn(params, mb, moe_bias):
+    lp, ent, out = logprobs_lib.forward(config, params, moe_bias, mb["tokens"], mb["positions"], mb["segment_ids"],
+                           logprobs_lib.next_token_targets(mb["tokens"]), chunk_size=logits_chunk_size)
+    old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(lp)
+    terms = grpo_token_terms(lp, old, mb.get("ref_logprobs"), mb["advantages"], mb["completion_mask"],
+                                  clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=kl_coef)
+    loss, sums = weighted_sums(terms, mb["completion_mask"], mb["weights"], kl_coef)
+    sums["entropy"] = jnp.sum(jnp.asarray(mb["completion_mask"], jnp.float32) * ent)
+    return loss, (sums, jax.lax.stop_gradient(lp), out.expert_load)
+
+  def grad_fn(params, moe_bias, batch, ref_logprobs=None, old_logprobs=None):
+    fields = {k: batch[k] for k in ("tokens", "positions", "segment_ids", "completion_mask", "advantages")}
+    fields["weights"] = loss_weights(batch["completion_mask"], loss_agg)
+    if ref_logprobs is not None:
+      fields["ref_logprobs"] = ref_logprobs
+    if old_logprobs is not None:
+      fields["old_logprobs"] = old_logprobs
+    mbs = train_state.split_micro_batches(fields, num_micro_batches)
+    loss, grads, sums, lp, load = train_state.accumulate_gradients(
+        lambda p, mb: loss_fn(p, mb, moe_bias), params, mbs, GRPO_SUM_KEYS)
+    return loss, grads, sums, train_state.merge_micro_batches(lp), load
+
+  return grad_fn
+
+
+def reference_logprobs(config: ModelConfig, ref_params, moe_bias, batch, *, num_micro_batches=1,
+                       logits_chunk_size=None) -> Array:
+  """f32[B, T] log-probabilities of the next tokens under the reference, micro-batch by micro-batch."""
+  fields = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
+
+  def one(mb):
+    mb = train_state.constrain_batch(mb)
+    lp, _, _ = logprobs_lib.forward(config, ref_params, moe_bias, mb["tokens"], mb["positions"], mb["segment_ids"],
+                       logprobs_lib.next_token_targets(mb["tokens"]), chunk_size=logits_chunk_size)
+    return lp
+
+  lp = jax.lax.map(one, train_state.split_micro_batches(fields, num_micro_batches))
+  return jax.lax.stop_gradient(train_state.merge_micro_batches(lp))
+
+
+def make_reference_logprobs_fn(config: ModelConfig, *, num_micro_batches: int = 1,
+                               logits_chunk_size: int | None = None, mesh=None):
+  """The reference forward on its own, jitted: fn(ref_params, moe_bias, batch) -> f32[B, T].
+
+  batch needs tokens, positions, segment_ids [B, T] (the GRPO batch layout). It computes exactly
+  what the GRPO step computes when batch has no "ref_logprobs"; dispatching it before the rewards
+  are scored lets the device run the reference forward while the host scores (JAX dispatch is
+  asynchronous), and the result goes into the step as batch["ref_logprobs"].
   """
-  m = jnp.asarray(loss_mask, jnp.float32)
-  n = jnp.maximum(m.sum(), 1.0)
-  loss = -jnp.sum(m * logprobs) / n
-  return loss, {"nll": loss, "num_tokens": m.sum()}
+  def fn(ref_params, moe_bias, batch):
+    fields = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
+    return reference_logprobs(config, ref_params, moe_bias, fields, num_micro_batches=num_micro_batches,
+                              logits_chunk_size=logits_chunk_size)
+
+  return train_state.jit_in_mesh(fn, mesh)
 
 
-def logprobs_from_logits(logits: Array, targets: Array) -> tuple[Array, Array]:
-  """logits f32[..., V], targets int[...] -> (log p(target) f32[...], entropy f32[...] (no gradient))."""
-  logits = logits.astype(jnp.float32)
-  logz = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  sg = jax.lax.stop_gradient(logits)
-  probs = jax.nn.softmax(sg, axis=-1)
-  entropy = jax.lax.stop_gradient(logz) - jnp.sum(probs * sg, axis=-1)
-  return picked - logz, entropy
+def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float = 0.2,
+                   clip_eps_high: float | None = None, kl_coef: float = 0.04,
+                   loss_agg: str = "seq-mean-token-mean", num_iterations: int = 1, num_micro_batches: int = 1,
+                   logits_chunk_size: int | None = None, ref_update_every: int = 400,
+                   bias_update_rate: float = 0.001,
+                   state_shardings: train_state.TrainState | None = None, mesh=None):
+  """The jitted GRPO update: step(state, batch) -> (state, metrics); `state` is donated.
 
+  Batch (B = N prompts x G samples, groups of G consecutive rows; T prompt + completion):
+    tokens: int32[B, T] prompt + completion (left-padded prompts are fine).
+    positions: int32[B, T] RoPE positions (0 at the first real token).
+    segment_ids: int32[B, T] 1 on real tokens, 0 on padding.
+    completion_mask: [B, T] 1 at position t iff the *target* tokens[t + 1] is a completion token
+      (so it is 0 at the last position and at the last prompt token's predecessor).
+    advantages: f32[B] (group_advantages).
+    old_logprobs: optional f32[B, T] pi_old(tokens[t + 1]) from the rollout. Without it the first
+      iteration uses stop_gradient of its own logprobs (ratio exactly 1) and later iterations reuse
+      those.
+    ref_logprobs: optional f32[B, T]; else computed from state.ref_params when kl_coef != 0 (routed
+      with the current balancing bias: the bias is routing state, not a parameter the reference copies).
 
-def head_logprobs(config: ModelConfig, params: dict, hidden: Array, targets: Array, chunk_size: int | None = None):
-  """LM head + log-softmax over T in chunks: never more than f32[B, chunk, V] logits alive.
-
-  Each chunk is rematerialised in the backward pass (jax.checkpoint), so training stores only
-  `hidden`. hidden [B, T, D] after the final norm, targets int32[B, T] ->
-  (logprobs f32[B, T], entropy f32[B, T]).
+  Args:
+    num_iterations: the paper's mu, optimizer updates on this batch.
+    num_micro_batches: gradient accumulation steps per update (B must divide).
+    logits_chunk_size: time chunk of the LM head (None: whole micro-batch at once).
+    ref_update_every: refresh the reference every this many updates (0: never).
+    bias_update_rate: aux-loss-free balancing speed gamma (0: off).
+    state_shardings, mesh: for a sharded step (train_state.train_state_shardings); batch arrays carry their own.
+  Raises UpdateMemoryError when it is first traced, if one device cannot hold the update at this
+  split (unsharded steps; it names the split to use).
+  Metrics: loss, policy_loss, kl_loss, kl, entropy, clip_ratio/{low,high,region}_mean,
+    ratio/{mean,min,max}, advantages/{mean,std}, grad_norm, learning_rate,
+    skipped (updates skipped for non-finite values this call), expert_load/<layer>/{min,max,entropy}
+    (averaged over iterations; ratio extremes are min / max over them).
   """
-  model = Transformer(config)
-  b, t, d = hidden.shape
-  head = lambda h: model.apply({"params": params}, h, method=lambda m, x: m.head(x))
-  if not chunk_size or chunk_size >= t:
-    return logprobs_from_logits(head(hidden), targets)
-  n = -(-t // chunk_size)
-  pad = n * chunk_size - t
-  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk_size, d).swapaxes(0, 1)
-  y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk_size).swapaxes(0, 1)
+  if num_iterations < 1:
+    raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+  grad_fn = make_grpo_grad_fn(config, clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=kl_coef,
+                              loss_agg=loss_agg, num_micro_batches=num_micro_batches,
+                              logits_chunk_size=logits_chunk_size)
 
-  @jax.checkpoint
-  def chunk(hy):
-    return logprobs_from_logits(head(hy[0]), hy[1])
+  def one_update(state, batch, ref_lp, old_lp):
+    loss, grads, sums, lp, load = grad_fn(state.params, state.moe_bias, batch, ref_lp, old_lp)
+    state, metrics = train_state.apply_update(state, loss, grads, load, config=config, optimizer=optimizer,
+                                  schedule=schedule, bias_update_rate=bias_update_rate,
+                                  ref_update_every=ref_update_every)
+    metrics.update(finalize_metrics(sums))
+    return state, metrics, lp
 
-  lp, ent = jax.lax.map(chunk, (h, y))
-  unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk_size)[:, :t]
-  return unchunk(lp), unchunk(ent)
+  def step(state: train_state.TrainState, batch: dict):
+    if mesh is None:   # Sharded: the stage plans per-device memory (r1.stages.common.update_split).
+      train_state.refuse_update_that_cannot_fit(config, state, *batch["tokens"].shape, num_micro_batches, logits_chunk_size)
+    ref_lp = batch.get("ref_logprobs")
+    if kl_coef and ref_lp is None:
+      if state.ref_params is None:
+        raise ValueError("kl_coef != 0 needs state.ref_params (train_state.init_train_state(with_reference=True)) "
+                         "or batch['ref_logprobs']")
+      ref_lp = reference_logprobs(config, state.ref_params, state.moe_bias, batch,
+                                  num_micro_batches=num_micro_batches, logits_chunk_size=logits_chunk_size)
+    if not kl_coef:
+      ref_lp = None
+    old_lp = batch.get("old_logprobs")
+    state, metrics, lp0 = one_update(state, batch, ref_lp, old_lp)
+    if num_iterations > 1:
+      old_lp = lp0 if old_lp is None else old_lp
 
+      def body(s, _):
+        s, m, _ = one_update(s, batch, ref_lp, old_lp)
+        return s, m
 
-def next_token_targets(tokens: Array) -> Array:
-  """targets[:, t] = tokens[:, t + 1]; the last position gets 0 (its mask must be 0)."""
-  return jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+      state, rest = jax.lax.scan(body, state, None, length=num_iterations - 1)
+      metrics = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), metrics, rest)
+      metrics = {k: v.min() if k == "ratio/min" else v.max() if k == "ratio/max" else
+                 v.sum() if k == "skipped" else v.mean() for k, v in metrics.items()}
+    metrics.update(advantage_metrics(batch["advantages"]))
+    return state, metrics
+
+  return train_state.jit_step(step, state_shardings, mesh)

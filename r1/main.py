@@ -18,18 +18,14 @@ checkpoints need that too).
 
 import glob
 import importlib.util
-import json
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs (reports, checkpoints, metrics) go.")
@@ -72,68 +68,17 @@ def initialize_distributed(mode: str, environ=os.environ) -> None:
     sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
 
 
-def model_report(config, workdir: str) -> dict:
-  """Prints parameter counts per module and runs one jitted forward pass; returns the report."""
-  import r1  # pylint: disable=g-import-not-at-top
-  from r1.model import Transformer, get_model_config, init_variables, param_count  # pylint: disable=g-import-not-at-top
-
-  overrides = dict(config.model.overrides)
-  if config.init.hf_dir:
-    policy = r1.load_hf_checkpoint(config.init.hf_dir, **overrides)
-    model_config = policy.config
-  else:
-    model_config = get_model_config(config.model.name, **overrides)
-    policy = None
-  counts = param_count(model_config)
-  print(f"model {config.model.name if not config.init.hf_dir else config.init.hf_dir}")
-  print(f"  layers {model_config.num_hidden_layers} ({model_config.num_moe_layers} MoE), hidden "
-        f"{model_config.hidden_size}, heads {model_config.num_attention_heads}, experts "
-        f"{model_config.n_routed_experts} (top-{model_config.num_experts_per_tok}), vocab {model_config.vocab_size}")
-  for key in ("total", "active", "embedding", "routed_experts", "mtp"):
-    print(f"  {key:15s} {counts[key]:>18,d}  ({counts[key] / 1e9:8.3f} B)")
-  report = {"model": config.model.name, "params": counts}
-
-  if counts["total"] > config.forward.max_forward_params:
-    print(f"  forward pass skipped: {counts['total']:,} params > max_forward_params")
-  else:
-    if policy is None:
-      policy = r1.Policy(model_config, init_variables(model_config, jax.random.key(config.seed)))
-    b, t = config.forward.batch_size, config.forward.seq_len
-    tokens = jax.random.randint(jax.random.key(config.seed + 1), (b, t), 0, model_config.vocab_size)
-    forward = jax.jit(lambda v, x: Transformer(model_config).apply(v, x))
-    start = time.perf_counter()
-    out = jax.block_until_ready(forward(policy.variables, tokens))
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.block_until_ready(forward(policy.variables, tokens))
-    step_s = time.perf_counter() - start
-    logprobs = jax.nn.log_softmax(out.logits[:, :-1])
-    nll = -jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1).mean()
-    load = np.asarray(out.expert_load)
-    print(f"  forward [{b}, {t}]: first call {compile_s:.2f} s (compile), then {step_s * 1e3:.1f} ms "
-          f"({b * t / step_s:,.0f} tokens/s)")
-    print(f"  random-token NLL {float(nll):.3f} (uniform would be {np.log(model_config.vocab_size):.3f})")
-    if load.size:
-      print(f"  expert load per MoE layer (tokens per expert): {load.tolist()}")
-    report.update(forward_tokens_per_s=b * t / step_s, compile_seconds=compile_s, nll=float(nll),
-                  expert_load=load.tolist())
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "model_report.json"), "w") as f:
-      json.dump(report, f, indent=2)
-  print(f"  report written to {os.path.join(workdir, 'model_report.json')}")
-  return report
-
-
 def _training_stages():
-  from r1.train import eval_stage, rl, sample, sft  # pylint: disable=g-import-not-at-top
-  return {"sft": sft.run, "grpo": rl.run, "sample": sample.run, "eval": eval_stage.run}
+  # Imported when a stage runs: `--help` and the multi-host setup need no model code.
+  from r1.stages import eval as eval_stage, grpo as grpo_stage, model_report, sample, sft  # pylint: disable=g-import-not-at-top
+  return {"sft": sft.run, "grpo": grpo_stage.run, "sample": sample.run, "eval": eval_stage.run,
+          "model_report": model_report.run}
 
 
 def pipeline(config, workdir: str, pinned=None):
   """The config's stages chained in `workdir`. `pinned`: config paths whose values win over
   pipeline.stage_overrides; by default those given as --config.* flags on the command line."""
-  from r1.train import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from r1.stages import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   if pinned is None:
     pinned = command_line_overrides()
   return pipeline_lib.run(config, workdir, _training_stages(), pinned=pinned)
@@ -148,7 +93,7 @@ def command_line_overrides() -> list[str]:
 
 
 STAGES = {
-    "model_report": model_report,
+    "model_report": lambda config, workdir: _training_stages()["model_report"](config, workdir),
     "sft": lambda config, workdir: _training_stages()["sft"](config, workdir),
     "grpo": lambda config, workdir: _training_stages()["grpo"](config, workdir),
     "sample": lambda config, workdir: _training_stages()["sample"](config, workdir),

@@ -8,7 +8,7 @@ import pytest
 
 from r1 import main
 from r1.model import configs as model_configs
-from r1.train import pipeline
+from r1.stages import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
@@ -53,7 +53,7 @@ def test_training_configs_have_the_fields_their_stage_reads(name):
 
 
 def test_build_mesh_reads_the_mesh_shape_and_slices():
-  from r1.train import common  # pylint: disable=g-import-not-at-top
+  from r1.stages import common  # pylint: disable=g-import-not-at-top
   config = load("tiny_r1_zero.py", "quick")
   assert common.build_mesh(config) is None            # every axis 1, one slice: no mesh
   config.mesh.dcn_data = 2                             # two slices need devices in pairs

@@ -38,7 +38,7 @@ Preemption protocol (TPU VMs receive SIGTERM some seconds before they are taken 
 
 The step saved is the number of updates already applied, so a resumed run starts its loop at
 `latest_step()`. A step longer than the grace period can check `should_stop(step)` between its
-phases too (r1.train.rl: after generation, after scoring, before each eval batch); stopped before
+phases too (r1.stages.grpo: after generation, after scoring, before each eval batch); stopped before
 its update, it saves the previous step with the iterator set back to where that step left it
 (`it.set_state(position)`, the position taken before the step drew its batch).
 

@@ -19,7 +19,7 @@ from r1.data import splits
 from r1.data.tasks import arithmetic
 from r1.eval import protocol
 from r1.tokenizer import load_tokenizer
-from r1.train import common
+from r1.stages import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from r1 import grpo, optim, sampling
-from r1 import train_step as ts
+from r1 import train_state
 from r1.model import ModelConfig, RopeScaling, Transformer, get_model_config, init_variables, layers, param_count
 from r1.model.gqa import GQA
 
@@ -132,8 +132,8 @@ def test_dense_grpo_step_trains():
   variables = init_variables(config, jax.random.key(0))
   assert "moe_bias" not in variables
   opt, sched = optim.make_optimizer(1e-2, warmup_steps=0, decay_steps=10)
-  step = ts.make_grpo_step(config, opt, sched, kl_coef=0.001, ref_update_every=0)
-  state = ts.init_train_state(variables, opt, with_reference=True)
+  step = grpo.make_grpo_step(config, opt, sched, kl_coef=0.001, ref_update_every=0)
+  state = train_state.init_train_state(variables, opt, with_reference=True)
   rng = np.random.default_rng(0)
   b, t = 8, 10
   tokens = rng.integers(1, 61, (b, t)).astype(np.int32)

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec
 from r1 import grpo
 from r1 import optim
 from r1 import sharding
-from r1 import train_step as ts
+from r1 import train_state
 from r1.model import get_model_config, init_variables
 from tests.multidevice import meshes
 
@@ -48,17 +48,17 @@ def run(config, variables, batch, mesh=None):
   # rounding) move a weight by +-lr. A large eps makes the update linear in small gradients, so
   # the comparison measures the sharded step, not that amplification.
   opt, sched = optim.make_optimizer(1e-3, warmup_steps=1, decay_steps=10, eps=1e-3)
-  grad_fn = ts.make_grpo_grad_fn(config, **KW)
-  state = ts.init_train_state(jax.tree.map(jnp.copy, variables), opt)
+  grad_fn = grpo.make_grpo_grad_fn(config, **KW)
+  state = train_state.init_train_state(jax.tree.map(jnp.copy, variables), opt)
   state_sh = None
   if mesh is not None:
-    state_sh = ts.train_state_shardings(config, opt, mesh)
+    state_sh = train_state.train_state_shardings(config, opt, mesh)
     state = jax.device_put(state, state_sh)
     batch = {k: jax.device_put(v, sharding.logical_to_sharding(
         PartitionSpec(*("batch", "length")[:v.ndim]), mesh)) for k, v in batch.items()}
 
   def grads(params, moe_bias, batch):
-    ref_lp = ts.reference_logprobs(config, params, moe_bias, batch, num_micro_batches=2, logits_chunk_size=5)
+    ref_lp = grpo.reference_logprobs(config, params, moe_bias, batch, num_micro_batches=2, logits_chunk_size=5)
     loss, g, _, _, _ = grad_fn(params, moe_bias, batch, ref_lp * 0.9)
     return loss, g
 
@@ -67,7 +67,7 @@ def run(config, variables, batch, mesh=None):
   else:
     with sharding.mesh_context(mesh):
       loss, g = jax.jit(grads)(state.params, state.moe_bias, batch)
-  step = ts.make_grpo_step(config, opt, sched, **KW, state_shardings=state_sh, mesh=mesh)
+  step = grpo.make_grpo_step(config, opt, sched, **KW, state_shardings=state_sh, mesh=mesh)
   state, metrics = step(state, batch)
   state, metrics = step(state, batch)   # second update: Adam moments and the moved bias in play
   return loss, g, state, metrics

@@ -19,9 +19,10 @@ import sys
 import jax
 import numpy as np
 
+from r1 import grpo
 from r1 import optim
 from r1 import sharding
-from r1 import train_step as ts
+from r1 import train_state
 from r1.checkpoints.manager import TrainCheckpointer
 from r1.model import get_model_config, init_variables
 from tests.multidevice.grpo_sharded import KW, make_batch
@@ -41,13 +42,13 @@ def main(out_dir, port=None, process_id=0, num_processes=1):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "expert": 2})
   config = get_model_config("tiny_v3", num_hidden_layers=2)
   opt, sched = optim.make_optimizer(1e-3, warmup_steps=1, decay_steps=10, eps=1e-3)
-  state_sh = ts.train_state_shardings(config, opt, mesh)
+  state_sh = train_state.train_state_shardings(config, opt, mesh)
 
   # Identical on every process: the initial variables (on the host) and the global batch.
   variables = jax.device_get(init_variables(config, jax.random.key(0)))
   variables = {"params": jax.tree.map(global_array, variables["params"], state_sh.params),
                "moe_bias": jax.tree.map(global_array, variables["moe_bias"], state_sh.moe_bias)}
-  state = jax.device_put(ts.init_train_state(variables, opt), state_sh)
+  state = jax.device_put(train_state.init_train_state(variables, opt), state_sh)
   batch = make_batch()
   # This process's rows: those its devices hold under the batch sharding (contiguous here).
   row_sharding = sharding.logical_to_sharding(jax.sharding.PartitionSpec("batch"), mesh)
@@ -56,7 +57,7 @@ def main(out_dir, port=None, process_id=0, num_processes=1):
   local = {k: v[lo:hi] for k, v in batch.items()}
   batch = sharding.place_host_batch(local, mesh)
 
-  step = ts.make_grpo_step(config, opt, sched, **KW, state_shardings=state_sh, mesh=mesh)
+  step = grpo.make_grpo_step(config, opt, sched, **KW, state_shardings=state_sh, mesh=mesh)
   losses = []
   for _ in range(3):
     state, metrics = step(state, batch)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from r1 import sharding
-from r1.rewards import reward_model as rm_lib
+from r1 import reward_model as rm_lib
 
 ROWS, WIDTH = 16, 12
 

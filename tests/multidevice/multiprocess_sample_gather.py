@@ -3,9 +3,9 @@
   python multiprocess_sample_gather.py OUT_DIR PORT PROCESS_ID N
 
 Six scripted arithmetic prompts whose completions pass or fail the filter for known reasons
-(tests/train/test_sample_stage.py) are split over the processes as the sample stage's sampler
+(tests/stages/test_sample_stage.py) are split over the processes as the sample stage's sampler
 batches split them (each process a block of rows of every batch of 4, so its prompts interleave
-with the others'); each process filters its own (r1.train.sample.select_samples), then
+with the others'); each process filters its own (r1.stages.sample.select_samples), then
 sample.gather_selection merges them. Every process writes what it got to OUT_DIR.
 """
 
@@ -16,8 +16,8 @@ import sys
 import jax
 import numpy as np
 
-from r1.train import sample
-from tests.train.test_sample_stage import _example, arithmetic_script
+from r1.stages import sample
+from tests.stages.test_sample_stage import _example, arithmetic_script
 
 EXAMPLES = [_example(12, "+", 30), _example(9, "-", 4), _example(40, "+", 2), _example(7, "+", 7),
             _example(15, "-", 8), _example(3, "+", 60)]

@@ -146,7 +146,7 @@ def test_reward_model_scores_each_process_rows_as_one_process_does(tmp_path):
   # 0), placed as its rows of one global batch; the scores match one 8-device process's.
   import jax  # pylint: disable=g-import-not-at-top
   from r1.model import get_model_config  # pylint: disable=g-import-not-at-top
-  from r1.rewards import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
+  from r1 import reward_model as rm_lib  # pylint: disable=g-import-not-at-top
   script = os.path.join(os.path.dirname(__file__), "multiprocess_reward_model.py")
   rm_dir, one, two = tmp_path / "rm", tmp_path / "one", tmp_path / "two"
   rm_lib.save_reward_model(rm_lib.init_reward_model(get_model_config("tiny_v3", num_hidden_layers=2),

@@ -10,7 +10,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from r1 import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from r1 import train_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from r1 import train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
 from r1.model import init_variables  # pylint: disable=g-import-not-at-top,wrong-import-position
 from r1.tools import plan as plan_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.tools.test_plan import make_optimizer, tiny_grpo_config  # pylint: disable=wrong-import-position
@@ -32,9 +32,9 @@ def main():
   mc = plan_lib.model_config_of(config)
   optimizer, _ = make_optimizer(config)
   mesh = sharding.make_mesh(mesh_shape)
-  state = ts.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
+  state = train_state.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
   unsharded = sum(x.nbytes for x in jax.tree.leaves(state.params))
-  state = jax.device_put(state, ts.train_state_shardings(mc, optimizer, mesh, with_reference=True))
+  state = jax.device_put(state, train_state.train_state_shardings(mc, optimizer, mesh, with_reference=True))
   measured = {"params": per_device_bytes((state.params, state.moe_bias)), "adam": per_device_bytes(state.opt_state),
               "reference": per_device_bytes(state.ref_params)}
   planned = {k: p["components"][k] for k in measured}

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from r1 import grpo
 from r1 import optim
-from r1 import train_step as ts
+from r1 import train_state
 from r1.model import Transformer, init_variables
 from r1.tools import plan as plan_lib
 from tests.multidevice.test_sharded_model import run_on_8_devices
@@ -48,7 +49,7 @@ def tiny():
   config = tiny_grpo_config()
   mc = plan_lib.model_config_of(config)
   optimizer, schedule = make_optimizer(config)
-  state = ts.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
+  state = train_state.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
   return config, mc, optimizer, schedule, state, plan_lib.plan(config, {"data": 1}, "cpu-1")
 
 
@@ -70,7 +71,7 @@ def compiled_step_bytes(config, mc, optimizer, schedule, state, p) -> int:
   batch = {"tokens": jnp.ones((b, t), jnp.int32), "positions": jnp.zeros((b, t), jnp.int32),
            "segment_ids": jnp.ones((b, t), jnp.int32), "completion_mask": jnp.ones((b, t), jnp.float32),
            "advantages": jnp.ones((b,), jnp.float32), "ref_logprobs": jnp.zeros((b, t), jnp.float32)}
-  step = ts.make_grpo_step(mc, optimizer, schedule, kl_coef=config.grpo.kl_coef)
+  step = grpo.make_grpo_step(mc, optimizer, schedule, kl_coef=config.grpo.kl_coef)
   ma = step.lower(state, batch).compile().memory_analysis()
   return ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes
 
@@ -91,7 +92,7 @@ def test_dense_student_train_step_peak_matches_compiled_memory():
   mc = plan_lib.model_config_of(config)
   assert mc.is_gqa and mc.hidden_size == 128
   optimizer, schedule = make_optimizer(config)
-  state = ts.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
+  state = train_state.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
   p = plan_lib.plan(config, {"data": 1}, "cpu-1")
   assert p["components"]["params"] == tree_bytes(state.params)
   measured = compiled_step_bytes(config, mc, optimizer, schedule, state, p)

@@ -112,9 +112,9 @@ def test_sigterm_then_rerun_resumes_exactly(tmp_path):
   assert saved and saved[-1] < 4, saved  # stopped before the end, with a checkpoint
 
   proc = _main(workdir, GRPO_ONLY)
-  _, err = proc.communicate(timeout=600)
+  out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
-  assert "resumed from step" in err
+  assert "resumed from step" in out
   resumed = _deterministic(_metrics(workdir))
   assert sorted(resumed) == [1, 2, 3, 4]
   assert resumed == expected

@@ -7,12 +7,14 @@ real token, trained with the Bradley-Terry pairwise loss -log sigmoid(r_chosen -
 (InstructGPT eq. 1).
 
   rm = init_reward_model(get_model_config("tiny_v3"), jax.random.key(0))
-  scores = rm.score_batch(batch)            # f32[N]; batch as from r1.train.rollout.grpo_batch
+  scores = rm.score_batch(batch)            # f32[N]; batch as from r1.stages.rollout.grpo_batch
   save_reward_model(rm, "/tmp/rm")          # HF backbone + reward_head.safetensors + reward_model.json
   rm = load_reward_model("/tmp/rm", dtype="bfloat16", mesh=mesh)
 
-Unlike the rule-based rewards next to it this file uses JAX; the registry never imports it, and
-the GRPO stage loads it only when config.reward_model.path is set.
+The head itself is r1/model/reward_head.py; this file is what uses it: scoring batches on a mesh,
+initialising, the pairwise training step, and the reward-model directory format. The rule-based
+rewards (r1/rewards/) know nothing of it or of JAX; the GRPO stage loads it only when
+config.reward_model.path is set.
 """
 
 import contextlib
@@ -30,59 +32,14 @@ import numpy as np
 from r1 import sharding
 from r1.checkpoints import hf, safetensors_io
 from r1.checkpoints.hf import CheckpointError
-from r1.model import ModelConfig, Transformer, init_variables
-from r1.model import layers
+from r1.model import ModelConfig, init_variables
+from r1.model.reward_head import ValueHead, reward_scores
 from r1.policy import Policy
 
 HEAD_FILE = "reward_head.safetensors"
 METADATA_FILE = "reward_model.json"
 INDEX_FILE = "model.safetensors.index.json"
 FORMAT = "r1.reward_model"
-
-
-class ValueHead(nn.Module):
-  """hidden [B, D] -> rewards f32[B]: h · kernel + bias, in float32."""
-
-  @nn.compact
-  def __call__(self, hidden: jax.Array) -> jax.Array:
-    d = hidden.shape[-1]
-    # std 1/sqrt(D): the final norm makes |h| ~ sqrt(D), so initial rewards are O(1).
-    kernel = layers.param_with_axes(self, "kernel", (d, 1), ("embed", None),
-                                    nn.initializers.normal(stddev=d ** -0.5), jnp.float32)
-    bias = layers.param_with_axes(self, "bias", (1,), (None,), nn.initializers.zeros, jnp.float32)
-    return (hidden.astype(jnp.float32) @ kernel + bias)[:, 0]
-
-
-def last_token_index(segment_ids: jax.Array) -> jax.Array:
-  """segment_ids int[B, T] -> int32[B]: the last position with a non-zero segment (0 if none)."""
-  real = segment_ids != 0
-  t = segment_ids.shape[1]
-  last = t - 1 - jnp.argmax(real[:, ::-1], axis=1)
-  return jnp.where(real.any(axis=1), last, 0).astype(jnp.int32)
-
-
-class RewardTransformer(Transformer):
-  """The Transformer with a value head; variables are a Policy's plus params["value_head"]."""
-
-  def setup(self):
-    super().setup()
-    self.value_head = ValueHead()
-
-  def reward(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """tokens, positions, segment_ids int32[B, T] -> raw rewards f32[B] at each row's last real token."""
-    hidden = super().__call__(tokens, positions, segment_ids, return_logits=False).hidden
-    last = last_token_index(segment_ids)
-    return self.value_head(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
-
-
-def reward_scores(config: ModelConfig, variables: dict, tokens: jax.Array, positions: jax.Array,
-                  segment_ids: jax.Array) -> jax.Array:
-  """Raw (unnormalised) rewards f32[B] of sequences int32[B, T]; pure, for use inside jit/grad.
-
-  Padding (segment 0) anywhere in a row is ignored; the score is read at the last real token.
-  """
-  return RewardTransformer(config).apply(variables, tokens, positions, segment_ids,
-                                         method=RewardTransformer.reward)
 
 
 @functools.lru_cache(maxsize=16)

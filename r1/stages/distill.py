@@ -4,7 +4,7 @@ R1 distils by SFT on the teacher's samples only (R1 section 2.4: sequence-level)
 fits beside the student and shares its vocabulary, the student can also match the teacher's
 whole next-token distribution on those samples (Hinton et al. arXiv:1503.02531; the supervised
 forward-KL baseline of GKD, arXiv:2306.13649): loss = nll + weight * tau^2 * KL(p_T || p_S), the KL a
-token mean over the response tokens (r1.train_step.make_sft_step).
+token mean over the response tokens (r1.sft.make_sft_step).
 
   config.sft.distill = {"teacher_dir": "/ckpt/teacher/policy", "weight": 1.0, "temperature": 1.0}
 
@@ -44,7 +44,7 @@ def _check_tokenizers(teacher_dir: str, tokenizer: Tokenizer | None):
   if tokenizer is None:
     return
   # A downloaded checkpoint holds its tokenizer; a stage's exported <workdir>/policy has it beside,
-  # in <workdir>/tokenizer (r1.train.common.export_policy).
+  # in <workdir>/tokenizer (r1.stages.common.export_policy).
   teacher_tokenizer = None
   for path in (teacher_dir, os.path.join(os.path.dirname(os.path.normpath(teacher_dir)), "tokenizer")):
     try:
@@ -68,7 +68,7 @@ def load_teacher(config, student_config: ModelConfig, tokenizer: Tokenizer | Non
 
   Checks, before reading any weights, that the teacher's config.json has the student's vocab_size
   and that its tokenizer (if it ships one) encodes like `tokenizer`. With a mesh the variables are
-  loaded straight into a policy's sharding (train_step.teacher_shardings).
+  loaded straight into a policy's sharding (r1.sft.teacher_shardings).
   """
   if not enabled(config):
     return None
@@ -85,7 +85,7 @@ def load_teacher(config, student_config: ModelConfig, tokenizer: Tokenizer | Non
                      f"vocab_size {student_config.vocab_size}; logit distillation needs one vocabulary")
   _check_tokenizers(teacher_dir, tokenizer)
   # The teacher's MTP modules are never run: it only scores the next token. With a mesh the loader
-  # places each tensor with a policy's sharding (train_step.teacher_shardings: the same rules).
+  # places each tensor with a policy's sharding (r1.sft.teacher_shardings: the same rules).
   teacher = r1.load_hf_checkpoint(teacher_dir, d.get("dtype", None) or student_config.dtype, mesh=mesh,
                                   load_mtp=False)
   logging.info("distillation teacher %s: %s, weight %s, temperature %s", teacher_dir,

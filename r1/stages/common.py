@@ -317,7 +317,7 @@ def resume(config, workdir: str, state, batches):
   start = ckpt.latest_step() or 0
   if start:
     state = ckpt.restore(start, target_state=state, iterator=batches)
-    logging.info("resumed from step %d", start)
+    print(f"resumed from step {start} ({ckpt.directory})")  # progress, not a library log: on the terminal
   # Lines up to `start` belong to the checkpointed run (metrics of step s are written before
   # checkpoint s); anything after it is dropped and written again.
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start + 1 if start else 0)

@@ -1,7 +1,7 @@
 """The SFT stage: cold start, post-RL SFT on rejection-sampled data, and distillation.
 
 Masked next-token cross-entropy on response tokens of packed (prompt, response) rows, with the
-same sharding, checkpointing, metrics and hand-over as the GRPO stage (r1/train/rl.py).
+same sharding, checkpointing, metrics and hand-over as the GRPO stage (r1/stages/grpo.py).
 
 Multi-host: each process takes its rows of every global batch of config.sft.batch_size packed rows
 (common.data_shard; r1.data.pipeline packs the one-host stream, so the global batches are those of
@@ -12,11 +12,12 @@ import os
 
 import jax
 
-from r1 import metrics as metrics_lib, optim, train_step
+from r1 import metrics as metrics_lib, optim, train_state
+from r1 import sft as sft_lib
 from r1.data import pipeline, sources, splits, tasks
 from r1.eval import protocol
 from r1.eval import report as report_lib
-from r1.train import common, distill
+from r1.stages import common, distill
 
 
 def sft_source(config, template):
@@ -41,13 +42,13 @@ def run(config, workdir: str) -> dict:
   optimizer, schedule = optim.make_optimizer(
       o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
       weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
-  state = train_step.init_train_state(policy.variables, optimizer, with_reference=False)
+  state = train_state.init_train_state(policy.variables, optimizer, with_reference=False)
   state_shardings = None
   if mesh is not None:
-    state_shardings = train_step.train_state_shardings(mc, optimizer, mesh, with_reference=False)
+    state_shardings = train_state.train_state_shardings(mc, optimizer, mesh, with_reference=False)
     state = jax.device_put(state, state_shardings)
   teacher = distill.load_teacher(config, mc, tokenizer, mesh)  # None unless config.sft.distill is on
-  update = train_step.make_sft_step(mc, optimizer, schedule, mtp_weight=config.sft.mtp_weight,
+  update = sft_lib.make_sft_step(mc, optimizer, schedule, mtp_weight=config.sft.mtp_weight,
                                     num_micro_batches=config.sft.num_micro_batches,
                                     bias_update_rate=config.sft.bias_update_rate,
                                     logits_chunk_size=config.sft.get("logits_chunk_size"),

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import r1
-from r1 import grpo, sampling, train_step
+from r1 import sampling
+from r1 import logprobs as logprobs_lib
 from r1.model import get_model_config, init_variables
-from r1.train import rollout
+from r1.stages import rollout
 
 
 def test_trainer_logprobs_at_completion_mask_equal_sampler_logprobs():
@@ -26,8 +27,8 @@ def test_trainer_logprobs_at_completion_mask_equal_sampler_logprobs():
                              np.asarray(out.logprobs), num_samples=3)
   assert batch["tokens"].shape == (6, prompt_tokens.shape[1] + 7)
   assert batch["completion_mask"].sum() == int(out.lengths.sum())
-  targets = grpo.next_token_targets(jnp.asarray(batch["tokens"]))
-  logprobs, _, _ = jax.jit(lambda b: train_step.forward(config, variables["params"], variables["moe_bias"],
+  targets = logprobs_lib.next_token_targets(jnp.asarray(batch["tokens"]))
+  logprobs, _, _ = jax.jit(lambda b: logprobs_lib.forward(config, variables["params"], variables["moe_bias"],
                                                           b["tokens"], b["positions"], b["segment_ids"], targets))(batch)
   m = batch["completion_mask"] > 0
   np.testing.assert_allclose(np.asarray(logprobs)[m], batch["old_logprobs"][m], atol=1e-4)

@@ -11,7 +11,7 @@ import pytest
 from configs import tiny_r1_zero
 from r1 import grpo
 from r1.rewards import registry
-from r1.train import pipeline, rl
+from r1.stages import pipeline, grpo as grpo_stage
 
 # Rows of every batch where `broken_reward` returns NaN and inf.
 NAN_ROW, INF_ROW = 1, 6
@@ -87,7 +87,7 @@ def test_nonfinite_rewards_train_and_skipped_updates_stop_the_run(broken_reward_
   monkeypatch.setattr(grpo, "group_advantages", nan_after_first_step)
   with pytest.raises(RuntimeError, match=r"GRPO step 3: the update was skipped for 2 steps in a row .* the policy "
                                          r"has not changed since step 1; stopping \(grpo.max_skipped_updates=2\)"):
-    rl.run(config, str(tmp_path))
+    grpo_stage.run(config, str(tmp_path))
   with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == [1, 2, 3]

@@ -15,10 +15,10 @@ import pytest
 
 import r1
 from configs import tiny_r1_zero
-from r1 import optim, train_step
+from r1 import optim, train_state
 from r1.checkpoints.hf import CheckpointError
 from r1.checkpoints.manager import TrainCheckpointer, restore_variables
-from r1.train import common, pipeline, rl, sft
+from r1.stages import common, pipeline, grpo as grpo_stage, sft
 from tests.child_env import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -87,7 +87,7 @@ def test_checkpoint_step_selects_an_earlier_state(sft_workdir):
   optimizer, _ = optim.make_optimizer(o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=SFT_STEPS,
                                       schedule=o.schedule, weight_decay=o.weight_decay,
                                       max_grad_norm=o.max_grad_norm, b2=o.b2)
-  target = jax.eval_shape(lambda v: train_step.init_train_state(v, optimizer, with_reference=False),
+  target = jax.eval_shape(lambda v: train_state.init_train_state(v, optimizer, with_reference=False),
                           latest.variables)
   with TrainCheckpointer(checkpoints, save_every=1) as ckpt:
     state = ckpt.restore(SFT_STEPS - 1, target_state=target)
@@ -98,7 +98,7 @@ def test_any_optimizer_and_reference_in_the_checkpoint(sft_workdir, tmp_path):
   # A state of another optimizer (SGD with momentum) with a reference copy: only the weights matter.
   policy = build(sft_workdir)
   variables = jax.tree.map(lambda x: x * 2, policy.variables)
-  state = train_step.init_train_state(variables, optax.sgd(0.1, momentum=0.9), with_reference=True)
+  state = train_state.init_train_state(variables, optax.sgd(0.1, momentum=0.9), with_reference=True)
   with TrainCheckpointer(tmp_path / "checkpoints", save_every=1) as ckpt:
     ckpt.save(7, state)
   config = stage_config(1, checkpoint_dir=str(tmp_path / "checkpoints"))
@@ -111,7 +111,7 @@ def test_grpo_stage_starts_from_the_checkpoint(sft_workdir, tmp_path):
   config.total_steps = 1
   config.rollout.max_new_tokens = 32  # Fast: what is checked is where the stage started.
   config.eval.num_examples = 4
-  rl.run(config, str(tmp_path))
+  grpo_stage.run(config, str(tmp_path))
   # The GRPO reference is the frozen starting policy: the SFT stage's final weights.
   sft_final = r1.load_hf_checkpoint(os.path.join(sft_workdir, "policy"))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), sft_final.params)
@@ -166,8 +166,8 @@ def test_sharded_restore_on_8_devices(sft_workdir):
       import r1
       from r1 import sharding
       from r1.model import abstract_variables
-      from r1.train import common
-      from tests.train.test_init_checkpoint import stage_config
+      from r1.stages import common
+      from tests.stages.test_init_checkpoint import stage_config
       config = stage_config(1, checkpoint_dir={os.path.join(sft_workdir, "checkpoints")!r})
       config.mesh.shape.update(data=2, fsdp=2, expert=2)
       mesh = common.build_mesh(config)

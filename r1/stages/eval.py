@@ -20,7 +20,7 @@ import jax
 
 from r1.eval import protocol
 from r1.eval import report as report_lib
-from r1.train import common
+from r1.stages import common
 
 
 def stage_settings(config) -> dict:

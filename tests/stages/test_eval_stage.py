@@ -10,8 +10,8 @@ from r1.data import templates
 from r1.eval import protocol
 from r1.eval import report as report_lib
 from r1.rewards import registry
-from r1.train import common, eval_stage
-from tests.train.test_sample_stage import ScriptedPolicy, stage_config, tokenizer_path  # pylint: disable=unused-import
+from r1.stages import common, eval as eval_stage
+from tests.stages.test_sample_stage import ScriptedPolicy, stage_config, tokenizer_path  # pylint: disable=unused-import
 
 
 def eval_config(path, datasets=("held_out",), num_examples=3, k=4, max_new_tokens=16):

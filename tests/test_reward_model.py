@@ -19,10 +19,10 @@ from r1 import sampling
 from r1.checkpoints import safetensors_io
 from r1.checkpoints.hf import CheckpointError
 from r1.model import Transformer, get_model_config
-from r1.rewards import reward_model as rm_lib
-from r1.train import rollout
+from r1 import reward_model as rm_lib
+from r1.stages import rollout
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQUENCES = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [3, 4, 5, 6, 7, 8, 9, 100]]
 
 
@@ -190,11 +190,11 @@ def test_without_a_reward_model_the_stage_says_it_runs_on_rules(capsys):
 
 
 def test_grpo_stage_adds_the_weighted_reward_model_score(saved, rm, tmp_path, capsys):
-  from r1.train import rl  # pylint: disable=g-import-not-at-top
+  from r1.stages import grpo as grpo_stage  # pylint: disable=g-import-not-at-top
   config = _stage_config()
   assert rm.config.vocab_size >= config.tokenizer.vocab_size  # covers the policy's tokenizer
   config.reward_model.path, config.reward_model.weight = saved, 2.0
-  rl.run(config, str(tmp_path))
+  grpo_stage.run(config, str(tmp_path))
   assert f"reward model {saved} (weight 2.0) added to the rule-based rewards: accuracy, format" in (
       capsys.readouterr().out)
   row = _last_rollout_row(tmp_path)

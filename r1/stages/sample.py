@@ -42,7 +42,7 @@ from r1.data import splits
 from r1.eval import protocol
 from r1.eval import report as report_lib
 from r1.rewards import registry
-from r1.train import common
+from r1.stages import common
 
 SFT_DATA_FILE = "sft_data.jsonl"
 REPORT_FILE = "sample_report.json"

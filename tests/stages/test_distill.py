@@ -17,9 +17,10 @@ import pytest
 
 import r1
 from configs import tiny_r1_zero
-from r1 import train_step as ts
+from r1 import sft as sft_lib
+from r1 import train_state
 from r1.model import Transformer, get_model_config, init_variables
-from r1.train import common, distill, pipeline, sft
+from r1.stages import common, distill, pipeline, sft
 from tests.child_env import child_env
 
 # Different architectures, one vocabulary (512): a two-layer DeepSeek-V3 (MLA + MoE) and a Qwen2.
@@ -65,8 +66,8 @@ CONST = lambda step: jnp.float32(1.0)
 
 def run_step(student_variables, batch, teacher_variables=None, *, optimizer=SGD, **kwargs):
   """One SFT step from a fresh copy of the student -> (params before, new state, metrics as floats)."""
-  step = ts.make_sft_step(STUDENT, optimizer, CONST, bias_update_rate=0.0, **kwargs)
-  state = ts.init_train_state(jax.tree.map(jnp.copy, student_variables), optimizer, with_reference=False)
+  step = sft_lib.make_sft_step(STUDENT, optimizer, CONST, bias_update_rate=0.0, **kwargs)
+  state = train_state.init_train_state(jax.tree.map(jnp.copy, student_variables), optimizer, with_reference=False)
   before = jax.tree.map(np.asarray, state.params)
   args = () if teacher_variables is None else (teacher_variables,)
   state, m = step(state, batch, *args)
@@ -103,7 +104,7 @@ def test_forward_kl_and_its_gradient_match_numpy():
   rng = np.random.default_rng(0)
   zt, zs = rng.normal(size=(2, 3, 7, 50)) * 3
   w = rng.uniform(size=(3, 7))
-  kl = lambda s: TAU ** 2 * jnp.sum(jnp.asarray(w, jnp.float32) * ts.forward_kl(jnp.asarray(zt, jnp.float32), s, TAU))
+  kl = lambda s: TAU ** 2 * jnp.sum(jnp.asarray(w, jnp.float32) * sft_lib.forward_kl(jnp.asarray(zt, jnp.float32), s, TAU))
   value, grad = jax.value_and_grad(kl)(jnp.asarray(zs, jnp.float32))
   log_pt, log_ps = log_softmax64(zt / TAU), log_softmax64(zs / TAU)
   expected = TAU ** 2 * (w * (np.exp(log_pt) * (log_pt - log_ps)).sum(-1)).sum()
@@ -172,11 +173,11 @@ def test_chunked_and_micro_batched_equal_one_pass(student_variables, teacher_var
 def test_vocabulary_mismatch_and_bad_settings_raise():
   other_vocab = get_model_config("tiny_v3", num_hidden_layers=2, vocab_size=640)
   with pytest.raises(ValueError, match="teacher vocab_size 640 != student vocab_size 512"):
-    ts.make_sft_step(STUDENT, SGD, CONST, teacher_config=other_vocab, distill_weight=1.0)
+    sft_lib.make_sft_step(STUDENT, SGD, CONST, teacher_config=other_vocab, distill_weight=1.0)
   with pytest.raises(ValueError, match="needs a teacher_config"):
-    ts.make_sft_step(STUDENT, SGD, CONST, distill_weight=1.0)
+    sft_lib.make_sft_step(STUDENT, SGD, CONST, distill_weight=1.0)
   with pytest.raises(ValueError, match="distill_temperature=0"):
-    ts.make_sft_step(STUDENT, SGD, CONST, teacher_config=TEACHER, distill_weight=1.0, distill_temperature=0)
+    sft_lib.make_sft_step(STUDENT, SGD, CONST, teacher_config=TEACHER, distill_weight=1.0, distill_temperature=0)
 
 
 # --- The SFT stage ----------------------------------------------------------------------------------
@@ -245,9 +246,11 @@ SHARDED_SCRIPT = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np, optax
 from jax.sharding import PartitionSpec
-from r1 import sharding, train_step as ts
+from r1 import sharding
+from r1 import sft as sft_lib
+from r1 import train_state
 from r1.model import init_variables
-from tests.train import test_distill as td
+from tests.stages import test_distill as td
 
 assert jax.device_count() == 8
 mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "expert": 2})
@@ -259,15 +262,15 @@ kw = dict(teacher_config=td.TEACHER, distill_weight=td.WEIGHT, distill_temperatu
           num_micro_batches=2, bias_update_rate=0.0)
 
 def run(mesh):
-  state = ts.init_train_state(jax.tree.map(jnp.copy, student), opt, with_reference=False)
+  state = train_state.init_train_state(jax.tree.map(jnp.copy, student), opt, with_reference=False)
   shardings, t, b = None, teacher, batch
   if mesh is not None:
-    shardings = ts.train_state_shardings(td.STUDENT, opt, mesh, with_reference=False)
+    shardings = train_state.train_state_shardings(td.STUDENT, opt, mesh, with_reference=False)
     state = jax.device_put(state, shardings)
-    t = jax.device_put(teacher, ts.teacher_shardings(td.TEACHER, mesh))
+    t = jax.device_put(teacher, sft_lib.teacher_shardings(td.TEACHER, mesh))
     b = {k: jax.device_put(v, sharding.logical_to_sharding(PartitionSpec("batch", "length"), mesh))
          for k, v in batch.items()}
-  step = ts.make_sft_step(td.STUDENT, opt, td.CONST, **kw, state_shardings=shardings, mesh=mesh)
+  step = sft_lib.make_sft_step(td.STUDENT, opt, td.CONST, **kw, state_shardings=shardings, mesh=mesh)
   state, m = step(state, b, t)
   return state, {k: float(v) for k, v in m.items()}, t
 

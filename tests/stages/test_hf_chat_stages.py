@@ -9,7 +9,7 @@ import os
 from r1 import main
 from r1.data import templates
 from r1.tokenizer import load_tokenizer
-from r1.train import common
+from r1.stages import common
 from tests.data.test_templates import QWEN_CHATML
 from tests.test_configs import load
 from tests.test_tokenizer import _build_hf_tokenizer

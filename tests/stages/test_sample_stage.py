@@ -15,7 +15,7 @@ from configs import tiny_r1_zero
 from r1.data import pipeline, sources, splits, templates
 from r1.rewards import registry
 from r1.sampling import SampleOutput
-from r1.train import common, sample, sft
+from r1.stages import common, sample, sft
 
 ARITH = re.compile(r"What is (\d+) ([-+]) (\d+)\?")
 

@@ -25,7 +25,7 @@ import time
 import ml_collections
 
 from r1.eval import run_report
-from r1.train import common, sample
+from r1.stages import common, sample
 
 
 # Stages that export <stage dir>/policy when they finish (stage_done); `eval` writes a report only.

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from absl import logging
 
+from r1 import grpo
 from r1 import optim
-from r1 import train_step as ts
+from r1 import train_state
 from r1.model import get_model_config, init_variables
 from r1.tools import plan as plan_lib
-from r1.train import common
+from r1.stages import common
 from tests.tools.test_plan import tiny_grpo_config
 
 ROWS, T, VOCAB = 16, 256, 49152
@@ -28,7 +29,7 @@ LIMIT = 600 << 20   # the patched device: 600 MiB
 def big_vocab():
   mc = get_model_config("tiny_qwen2", vocab_size=VOCAB)
   optimizer, schedule = optim.make_optimizer(1e-3)
-  state = ts.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
+  state = train_state.init_train_state(init_variables(mc, jax.random.key(0)), optimizer, with_reference=True)
   batch = {"tokens": jnp.ones((ROWS, T), jnp.int32), "positions": jnp.broadcast_to(jnp.arange(T), (ROWS, T)),
            "segment_ids": jnp.ones((ROWS, T), jnp.int32), "completion_mask": jnp.ones((ROWS, T), jnp.float32),
            "advantages": jnp.ones((ROWS,), jnp.float32)}
@@ -44,15 +45,15 @@ def test_step_refuses_what_cannot_fit_and_names_a_split_that_does(big_vocab, mon
   mc, optimizer, schedule, state, batch = big_vocab
   # At XLA's own count the whole-batch update is over the patched device (the logits alone: 3 x
   # 16 x 256 x 49,152 x 4 B = 2.4 GB), so refusing it is right.
-  assert _compiled_bytes(ts.make_grpo_step(mc, optimizer, schedule, kl_coef=0.001), state, batch) > 2 * LIMIT
+  assert _compiled_bytes(grpo.make_grpo_step(mc, optimizer, schedule, kl_coef=0.001), state, batch) > 2 * LIMIT
   monkeypatch.setattr(plan_lib, "device_memory_bytes", lambda device=None: LIMIT)
-  whole = ts.make_grpo_step(mc, optimizer, schedule, kl_coef=0.001)   # a new jit: traced afresh
-  with pytest.raises(ts.UpdateMemoryError, match=r"16 rows x 256 tokens \(49152-token vocabulary\)") as e:
+  whole = grpo.make_grpo_step(mc, optimizer, schedule, kl_coef=0.001)   # a new jit: traced afresh
+  with pytest.raises(train_state.UpdateMemoryError, match=r"16 rows x 256 tokens \(49152-token vocabulary\)") as e:
     jax.eval_shape(whole, state, batch)
   m, c = map(lambda s: None if s == "None" else int(s),
              str(e.value).split("set num_micro_batches=")[1].split(" (")[0].split(", logits_chunk_size="))
   assert ROWS % m == 0 and (m, c) != (1, None), e.value
-  split = ts.make_grpo_step(mc, optimizer, schedule, kl_coef=0.001, num_micro_batches=m, logits_chunk_size=c)
+  split = grpo.make_grpo_step(mc, optimizer, schedule, kl_coef=0.001, num_micro_batches=m, logits_chunk_size=c)
   jax.eval_shape(split, state, batch)   # traces: not refused
   compiled = _compiled_bytes(split, state, batch)
   planned = plan_lib.update_peak_bytes(
@@ -70,15 +71,15 @@ def test_fitting_update_split_is_whole_on_a_roomy_device_and_the_refusals_split_
     big_vocab, monkeypatch):
   mc, optimizer, schedule, state, batch = big_vocab
   monkeypatch.setattr(plan_lib, "device_memory_bytes", lambda device=None: 64 << 30)
-  assert ts.fitting_update_split(mc, state, ROWS, T) == (1, None)
+  assert train_state.fitting_update_split(mc, state, ROWS, T) == (1, None)
   monkeypatch.setattr(plan_lib, "device_memory_bytes", lambda device=None: LIMIT)
-  split = ts.fitting_update_split(mc, state, ROWS, T)
+  split = train_state.fitting_update_split(mc, state, ROWS, T)
   assert split is not None and split != (1, None) and ROWS % split[0] == 0, split
-  with pytest.raises(ts.UpdateMemoryError, match=rf"set num_micro_batches={split[0]}, logits_chunk_size={split[1]}"):
-    ts.refuse_update_that_cannot_fit(mc, state, ROWS, T, 1, None)
-  ts.refuse_update_that_cannot_fit(mc, state, ROWS, T, *split)   # the split it names is not refused
+  with pytest.raises(train_state.UpdateMemoryError, match=rf"set num_micro_batches={split[0]}, logits_chunk_size={split[1]}"):
+    train_state.refuse_update_that_cannot_fit(mc, state, ROWS, T, 1, None)
+  train_state.refuse_update_that_cannot_fit(mc, state, ROWS, T, *split)   # the split it names is not refused
   monkeypatch.setattr(plan_lib, "device_memory_bytes", lambda device=None: 1 << 20)
-  assert ts.fitting_update_split(mc, state, ROWS, T) is None   # 1 MiB holds no split: None, not a guess
+  assert train_state.fitting_update_split(mc, state, ROWS, T) is None   # 1 MiB holds no split: None, not a guess
 
 
 def test_fit_update_split_prefers_fewer_micro_batches_then_larger_chunks():

@@ -10,9 +10,9 @@ import numpy as np
 
 import r1
 from r1.data import sources
-from r1.train import pipeline
+from r1.stages import pipeline
 from tests.test_configs import load
-from tests.train.test_four_stage_pipeline import recording_stages
+from tests.stages.test_four_stage_pipeline import recording_stages
 
 STAGES = ("sft", "grpo", "sft", "sample", "sft", "grpo")
 DIRS = tuple(f"{i}_{name}" for i, name in enumerate(STAGES))

@@ -9,12 +9,17 @@ sequence per row, prompt then completion, with the logprob at position t scoring
   completion_mask 1 at position P - 1 + j iff c_j was generated (its target is c_j)
   old_logprobs    the sampler's logprob of c_j at that same position
 
-Rows stay grouped by prompt (row b * G + g), as `grpo.group_advantages` expects.
+Rows stay grouped by prompt (row b * G + g), as `grpo.group_advantages` expects. `rollout_round`
+samples and scores one batch of prompts with the GRPO stage's policy; `rollout_rounds` are a step's.
 """
+
+import time
 
 import numpy as np
 
+from r1 import sampling, sharding
 from r1.rewards import registry
+from r1.stages import common
 
 
 def grpo_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completions: np.ndarray,
@@ -81,7 +86,7 @@ def reward_model_scores(reward_model, prompt_tokens: np.ndarray, prompt_mask: np
   """A reward model's scores f32[B*G] of each prompt + completion, read at its last generated token.
 
   Args:
-    reward_model: an r1.rewards.reward_model.RewardModel (anything with `score_batch`).
+    reward_model: an r1.reward_model.RewardModel (anything with `score_batch`).
     prompt_tokens: int32[B, P] left-padded; prompt_mask: bool[B, P].
     completions: int32[B*G, N]; completion_mask: bool[B*G, N]; num_samples: G.
     batch_size: rows per reward-model forward pass (0: all at once).
@@ -130,3 +135,95 @@ def take_groups(rounds: list[dict], num_groups: int, num_samples: int, dynamic: 
       rows = [rounds[r][key][b * num_samples:(b + 1) * num_samples] for r, b in chosen]
       out[key] = np.concatenate(rows) if isinstance(rows[0], np.ndarray) else [x for row in rows for x in row]
   return out
+
+
+# --- Rounds: sampling and scoring a batch of prompts ---------------------------------------------
+
+def sampling_seed(config, step: int) -> int:
+  """The rollout seed of `step`: a function of (seed, step) so a resumed run samples the same."""
+  return (int(config.seed) * 1_000_003 + step) % (2**31 - 1)
+
+
+def pad_host_prompts(prompts) -> tuple[np.ndarray, np.ndarray]:
+  """sampling.pad_prompts of this process's prompts, at the width of the global batch: the widest
+  process's bucket (with one process, sampling.pad_prompts itself)."""
+  return sharding.pad_to_widest_process(*sampling.pad_prompts(prompts))
+
+
+def loss_mask(config, mask, stopped):
+  """The completion tokens that carry loss: DAPO's overlong filtering (rollout.overlong="mask")
+  keeps a truncated completion's reward in the group statistics but gives it no loss."""
+  return mask & stopped[:, None] if config.rollout.overlong == "mask" else mask
+
+
+def rollout_round(stage, state, step: int, batch: dict, seed: int, dispatch_reference: bool = False
+                  ) -> tuple[dict, dict[str, float]]:
+  """One round with `stage`'s (r1.stages.grpo.Stage) sampler, rewards and reference: G completions for each prompt of `batch`, decoded and scored (host-side numpy);
+  with dispatch_reference, also the (asynchronous) reference logprobs of the round's GRPO layout.
+
+  Returns ({prompts, examples, completions, mask, lengths, stopped, logprobs, texts, total,
+  components, nonfinite, ref_logprobs?}, {"generate": s, "reward": s}). Raises
+  common.StopRequested after generation or scoring when a stop was requested.
+  """
+  config, mesh, g = stage.config, stage.mesh, stage.config.rollout.num_samples
+  n = config.rollout.max_new_tokens
+  t = time.perf_counter()
+  # Multi-host: this process's prompts; the sampler places them as its rows of the global batch,
+  # and host_rows reads back the completions of exactly those prompts (module docstring).
+  prompts = [list(row[m]) for row, m in zip(batch["prompt_tokens"], batch["prompt_mask"])]
+  out = sampling.generate(stage.model_config, common.policy_of(stage.model_config, state).variables, prompts,
+                          num_samples=g, max_new_tokens=n, temperature=config.rollout.temperature,
+                          top_p=config.rollout.top_p, top_k=config.rollout.top_k, stop_tokens=stage.stops, seed=seed,
+                          mesh=mesh)
+  rows = lambda x: common.host_rows(x, mesh)  # pylint: disable=unnecessary-lambda-assignment
+  rnd = {"prompts": prompts, "examples": list(batch["examples"]), "completions": rows(out.tokens),
+         "mask": rows(out.mask), "lengths": rows(out.lengths), "stopped": rows(out.stopped),
+         "logprobs": rows(out.logprobs)}
+  seconds = {"generate": time.perf_counter() - t}
+  stage.check_stop(step, f"rollout of step {step + 1}")
+  if dispatch_reference and stage.reference_fn is not None:
+    layout = grpo_batch(*pad_host_prompts(prompts), rnd["completions"],
+                                loss_mask(config, rnd["mask"], rnd["stopped"]), None, g)
+    layout = {k: layout[k] for k in ("tokens", "positions", "segment_ids")}
+    rnd["ref_logprobs"] = stage.reference_fn(state.ref_params, state.moe_bias, common.place_batch(layout, mesh))
+  t = time.perf_counter()
+  rnd["texts"] = decode_completions(stage.tokenizer, rnd["completions"], rnd["lengths"],
+                                            drop_final=[stage.tokenizer.eos_id])
+  rnd["total"], rnd["components"], rnd["nonfinite"] = score(config.rewards, rnd["texts"], rnd["examples"], g,
+                                                                    return_nonfinite=True)
+  if stage.reward_model is not None:
+    rm_config = config.reward_model
+    # Multi-host: a collective over this process's rows, laid out as one process would lay out
+    # the global batch (the widest process's prompt bucket).
+    rm_scores = reward_model_scores(stage.reward_model, *pad_host_prompts(prompts), rnd["completions"],
+                                            rnd["mask"], g, batch_size=rm_config.get("batch_size", 0))
+    rm_scores, bad = registry.zero_nonfinite("reward_model", rm_scores,
+                                             [ex for ex in rnd["examples"] for _ in range(g)])
+    rnd["nonfinite"] = rnd["nonfinite"] | bad
+    rnd["components"]["reward_model"] = rm_scores
+    rnd["total"] = rnd["total"] + np.float32(rm_config.get("weight", 0.0)) * rm_scores
+  if config.rollout.overlong == "penalty":  # DAPO 3.4: soft punishment in the last tokens
+    rnd["components"]["overlong"] = overlong_penalty(rnd["lengths"], n, config.rollout.overlong_buffer)
+    rnd["total"] = rnd["total"] + rnd["components"]["overlong"]
+  seconds["reward"] = time.perf_counter() - t
+  stage.check_stop(step, f"rewards of step {step + 1}")
+  return rnd, seconds
+
+
+def rollout_rounds(stage, state, step: int) -> tuple[list[dict], dict[str, float]]:
+  """The rounds of step `step`: one batch of prompts, and with DAPO's dynamic sampling more (at
+  most rollout.max_extra_rounds) until config.data.batch_size groups have a reward spread.
+  Returns (rounds, {"generate": s, "reward": s} summed over them)."""
+  config, g = stage.config, stage.config.rollout.num_samples
+  rnd, seconds = rollout_round(stage, state, step, next(stage.batches), sampling_seed(config, step),
+                               dispatch_reference=True)
+  rounds = [rnd]
+  # Groups whose G rewards are equal teach nothing. Multi-host: the count is global (every process
+  # must draw the same rounds); each process then keeps its own groups, informative first.
+  while (config.rollout.dynamic_sampling and len(rounds) <= config.rollout.max_extra_rounds
+         and common.gather_rows(np.concatenate([informative_groups(r["total"], g) for r in rounds]),
+                                stage.mesh).sum() < config.data.batch_size):
+    rnd, more = rollout_round(stage, state, step, next(stage.batches), sampling_seed(config, step) + 7919 * len(rounds))
+    rounds.append(rnd)
+    seconds = {k: seconds[k] + more[k] for k in seconds}
+  return rounds, seconds

@@ -4,7 +4,7 @@ session fixture). Its :quick run end to end is the SmolLM2 notebook's CI run (te
 import pytest
 
 from configs import r1_zero_smollm2
-from r1.train import common
+from r1.stages import common
 
 
 def test_stop_at_answer_needs_a_single_token(smollm2):

@@ -22,7 +22,7 @@ from configs import tiny_r1_zero
 from r1 import main
 from r1.checkpoints.manager import restore_variables
 from r1.data import sources
-from r1.train import pipeline
+from r1.stages import pipeline
 
 STAGES = ("sft", "grpo", "sample", "sft", "grpo", "eval")
 DIRS = tuple(f"{i}_{name}" for i, name in enumerate(STAGES))

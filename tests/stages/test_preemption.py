@@ -24,7 +24,7 @@ from configs import tiny_r1_zero
 from r1.eval import protocol as evaluation
 from r1 import main
 from r1.checkpoints.manager import TrainCheckpointer
-from r1.train import pipeline, rl, rollout
+from r1.stages import pipeline, grpo as grpo_stage, rollout
 
 # Per-step metrics that depend on nothing but the seeds (not wall time, not the process's compile
 # count).
@@ -108,7 +108,7 @@ def test_preempted_pipeline_resumes_to_the_same_report(tmp_path):
   assert results["stopped_at"] == "1_grpo" and len(evals) == 1
   with TrainCheckpointer(grpo / "checkpoints", save_every=1) as ckpt:
     assert ckpt.latest_step() == 2
-    owed = ckpt.metadata(2)[rl.PENDING_EVAL]["metrics"]
+    owed = ckpt.metadata(2)[grpo_stage.PENDING_EVAL]["metrics"]
   step2 = [r for r in read_metrics(reference / "1_grpo" / "metrics.jsonl") if r["step"] == 2][0]
   assert (owed["loss"], owed["reward"]) == (step2["loss"], step2["reward"])
   assert [r["step"] for r in read_metrics(grpo / "metrics.jsonl")] == [0, 1]  # step 2's line awaits its eval
