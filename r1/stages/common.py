@@ -7,8 +7,10 @@ from the weights of any saved train state, finished or not (`config.init.checkpo
 `<workdir>/checkpoints`, at `config.init.checkpoint_step` or the latest).
 """
 
+import dataclasses
 import os
 import shutil
+from typing import Any
 
 from absl import logging
 import flax.linen as nn
@@ -18,7 +20,9 @@ import numpy as np
 
 import r1
 from r1 import metrics as metrics_lib
+from r1 import optim
 from r1 import sharding
+from r1 import train_state
 from r1.checkpoints.hf import CheckpointError
 from r1.checkpoints.manager import TrainCheckpointer, restore_variables
 from r1.data import splits, templates
@@ -322,6 +326,42 @@ def resume(config, workdir: str, state, batches):
   # checkpoint s); anything after it is dropped and written again.
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start + 1 if start else 0)
   return ckpt, state, start, writer
+
+
+@dataclasses.dataclass
+class TrainingSetup:
+  """What a training stage (sft, grpo) builds before its step: see `training_setup`."""
+  tokenizer: Any
+  tokenizer_path: str
+  template: templates.Template
+  mesh: Any                   # None: one device
+  policy: r1.Policy           # the starting policy (its variables now belong to `state`)
+  optimizer: Any
+  schedule: Any
+  state: train_state.TrainState
+  state_shardings: Any        # None without a mesh
+
+
+def training_setup(config, workdir: str, *, with_reference: bool) -> TrainingSetup:
+  """The tokenizer, prompt template, mesh and starting policy of a training stage, its optimizer
+  (config.optimizer; the schedule spans config.total_steps) and its train state, placed by the
+  mesh's shardings (with a frozen reference copy when `with_reference`)."""
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer, tokenizer_path = build_tokenizer(config, workdir)
+  mesh = build_mesh(config)
+  policy = build_policy(config, tokenizer, mesh)
+  o = config.optimizer
+  optimizer, schedule = optim.make_optimizer(
+      o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
+      weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
+  state = train_state.init_train_state(policy.variables, optimizer, with_reference=with_reference)
+  state_shardings = None
+  if mesh is not None:
+    state_shardings = train_state.train_state_shardings(policy.config, optimizer, mesh, with_reference=with_reference)
+    state = jax.device_put(state, state_shardings)
+  return TrainingSetup(tokenizer=tokenizer, tokenizer_path=tokenizer_path,
+                       template=prompt_template(config, tokenizer_path), mesh=mesh, policy=policy, optimizer=optimizer,
+                       schedule=schedule, state=state, state_shardings=state_shardings)
 
 
 def stage_done(workdir: str) -> bool:

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1 import grpo, metrics as metrics_lib, optim, sampling, train_state
+from r1 import grpo, metrics as metrics_lib, sampling, train_state
 from r1 import reward_model as reward_model_lib
 from r1.data import pipeline, splits
 from r1.eval import protocol
@@ -92,28 +92,16 @@ class Stage:
 def build(config, workdir: str) -> tuple[Stage, train_state.TrainState, int, dict]:
   """The stage and its train state, resumed from the last checkpoint if there is one. Returns
   (stage, state, start step, the checkpoint's metadata: {} for a fresh run)."""
-  os.makedirs(workdir, exist_ok=True)
-  tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
-  template = common.prompt_template(config, tokenizer_path)
-  mesh = common.build_mesh(config)
-  policy = common.build_policy(config, tokenizer, mesh)
-  mc = policy.config
-  o, gc = config.optimizer, config.grpo
-
-  optimizer, schedule = optim.make_optimizer(
-      o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
-      weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
-  state = train_state.init_train_state(policy.variables, optimizer, with_reference=gc.kl_coef > 0)
-  state_shardings = None
-  if mesh is not None:
-    state_shardings = train_state.train_state_shardings(mc, optimizer, mesh, with_reference=gc.kl_coef > 0)
-    state = jax.device_put(state, state_shardings)
+  gc = config.grpo
+  setup = common.training_setup(config, workdir, with_reference=gc.kl_coef > 0)
+  tokenizer, template, mesh, state = setup.tokenizer, setup.template, setup.mesh, setup.state
+  mc = setup.policy.config
   num_micro_batches, logits_chunk_size = common.update_split(config, mesh, mc)
   update = grpo.make_grpo_step(
-      mc, optimizer, schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.get("clip_eps_high"), kl_coef=gc.kl_coef,
+      mc, setup.optimizer, setup.schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.get("clip_eps_high"), kl_coef=gc.kl_coef,
       loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=num_micro_batches,
       ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate,
-      logits_chunk_size=logits_chunk_size, state_shardings=state_shardings, mesh=mesh)
+      logits_chunk_size=logits_chunk_size, state_shardings=setup.state_shardings, mesh=mesh)
 
   # This process's rows of each global batch of config.data.batch_size prompts (all of them with
   # one process).
@@ -137,8 +125,8 @@ def build(config, workdir: str) -> tuple[Stage, train_state.TrainState, int, dic
   reference_fn = grpo.make_reference_logprobs_fn(
       mc, num_micro_batches=num_micro_batches, logits_chunk_size=logits_chunk_size,
       mesh=mesh) if gc.kl_coef else None
-  stage = Stage(config=config, workdir=workdir, tokenizer=tokenizer, tokenizer_path=tokenizer_path, template=template,
-                stops=common.stop_tokens(config, tokenizer), mesh=mesh, model_config=mc, update=update,
+  stage = Stage(config=config, workdir=workdir, tokenizer=tokenizer, tokenizer_path=setup.tokenizer_path,
+                template=template, stops=common.stop_tokens(config, tokenizer), mesh=mesh, model_config=mc, update=update,
                 reference_fn=reference_fn, reward_model=reward_model, batches=batches, shard=shard, ckpt=ckpt,
                 writer=writer, progress=metrics_lib.Progress(config.total_steps,
                                                              every_seconds=config.log.progress_seconds))

@@ -12,7 +12,7 @@ import os
 
 import jax
 
-from r1 import metrics as metrics_lib, optim, train_state
+from r1 import metrics as metrics_lib
 from r1 import sft as sft_lib
 from r1.data import pipeline, sources, splits, tasks
 from r1.eval import protocol
@@ -32,28 +32,17 @@ def sft_source(config, template):
 
 def run(config, workdir: str) -> dict:
   """Trains config.total_steps SFT steps in `workdir`; returns the final eval report ({} if none)."""
-  os.makedirs(workdir, exist_ok=True)
-  tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
-  template = common.prompt_template(config, tokenizer_path)
-  mesh = common.build_mesh(config)
-  policy = common.build_policy(config, tokenizer, mesh)
-  mc = policy.config
-  o = config.optimizer
-  optimizer, schedule = optim.make_optimizer(
-      o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
-      weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
-  state = train_state.init_train_state(policy.variables, optimizer, with_reference=False)
-  state_shardings = None
-  if mesh is not None:
-    state_shardings = train_state.train_state_shardings(mc, optimizer, mesh, with_reference=False)
-    state = jax.device_put(state, state_shardings)
+  setup = common.training_setup(config, workdir, with_reference=False)
+  tokenizer, tokenizer_path, template, mesh, state = (setup.tokenizer, setup.tokenizer_path, setup.template, setup.mesh,
+                                                      setup.state)
+  mc = setup.policy.config
   teacher = distill.load_teacher(config, mc, tokenizer, mesh)  # None unless config.sft.distill is on
-  update = sft_lib.make_sft_step(mc, optimizer, schedule, mtp_weight=config.sft.mtp_weight,
-                                    num_micro_batches=config.sft.num_micro_batches,
-                                    bias_update_rate=config.sft.bias_update_rate,
-                                    logits_chunk_size=config.sft.get("logits_chunk_size"),
-                                    state_shardings=state_shardings, mesh=mesh,
-                                    **distill.sft_step_kwargs(config, teacher))
+  update = sft_lib.make_sft_step(mc, setup.optimizer, setup.schedule, mtp_weight=config.sft.mtp_weight,
+                                 num_micro_batches=config.sft.num_micro_batches,
+                                 bias_update_rate=config.sft.bias_update_rate,
+                                 logits_chunk_size=config.sft.get("logits_chunk_size"),
+                                 state_shardings=setup.state_shardings, mesh=mesh,
+                                 **distill.sft_step_kwargs(config, teacher))
   update = distill.with_teacher(update, teacher)
   data = pipeline.sft_dataset(sft_source(config, template), tokenizer, template, seq_len=config.sft.seq_len,
                               seed=config.seed, **common.data_shard(config.sft.batch_size, mesh))
