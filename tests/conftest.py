@@ -33,6 +33,12 @@ if os.environ.get("R1_TEST_XLA_DEFAULTS") != "1":
   # while half-written fails to decompress, which JAX reports as a warning and recompiles.
 
 
+def pytest_configure(config):
+  # README's test command (what CI runs) deselects these: together over 11 min of CPU time, more than
+  # the 30-minute budget on 2 cores has left. Each has a cheaper sibling that CI runs (README).
+  config.addinivalue_line("markers", "slow: over CI's time budget; run with `pytest -m slow tests` (README)")
+
+
 def pytest_unconfigure(config):  # pylint: disable=unused-argument
   if os.environ.get(_OWNER) == str(os.getpid()):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

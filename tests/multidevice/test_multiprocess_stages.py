@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from r1.checkpoints import safetensors_io
 from tests.multidevice.test_multiprocess import _env, _free_port, _run_together
@@ -73,6 +74,7 @@ def _assert_same_policy(one, two):
     assert np.abs(np.asarray(x, np.float32) - np.asarray(two[key], np.float32)).max() <= 1e-5, key
 
 
+@pytest.mark.slow   # 280 s; CI runs test_multiprocess.py's GRPO step and the sample stage on two processes
 def test_sft_and_grpo_stages_on_two_processes_agree_with_one(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
   # SFT: 5 steps in one go on one process; on two, 3 steps, then the same command with 5 resumes

@@ -15,7 +15,8 @@ def _results():
   return run_on_8_devices("grpo_sharded.py")
 
 
-@pytest.mark.parametrize("name", sorted(MESHES))
+# d2e2t2 (140 s) is over CI's budget; the tensor-parallel forward and sampler stay in CI.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "d2e2t2" else n for n in sorted(MESHES)])
 def test_sharded_grpo_step_equals_single_device(name):
   r = _results()[name]
   assert r["loss_rel"] <= 1e-5, r

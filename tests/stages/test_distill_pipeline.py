@@ -7,6 +7,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 import r1
 from r1.data import sources
@@ -27,6 +28,7 @@ def same_weights(a, b) -> bool:
   return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow   # 130 s; CI runs the distillation step and stage tests (test_distill.py)
 def test_teacher_distilled_into_a_dense_student_next_to_rl_only(tmp_path):
   config = load("distill_tiny.py", "quick")
   assert config.pipeline.stages == STAGES

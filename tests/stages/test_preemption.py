@@ -81,6 +81,7 @@ def count_calls(monkeypatch, module, name):
   return calls
 
 
+@pytest.mark.slow   # 130 s; CI runs the real-SIGTERM resume (test_training_integration.py) and the checkpointer's
 def test_preempted_pipeline_resumes_to_the_same_report(tmp_path):
   config = quick_pipeline()
   stages = main._training_stages()  # pylint: disable=protected-access
