@@ -251,6 +251,15 @@ def load_dataset(config, name: str) -> list:
   return [source[i] for i in range(n)]
 
 
+def protocol_settings(config) -> dict:
+  """config.eval's sampling protocol as `evaluate`'s keyword arguments (one reading of its defaults,
+  for `evaluate_config` and `reuse_key`)."""
+  e = config.eval
+  return {"k": e.k, "temperature": e.temperature, "top_p": e.top_p, "top_k": e.get("top_k", 0),
+          "max_new_tokens": e.get("max_new_tokens", config.rollout.max_new_tokens), "batch_size": e.batch_size,
+          "seed": e.seed, "num_report_samples": e.get("num_report_samples", 3)}
+
+
 def evaluate_config(config, policy, tokenizer, template, stop_tokens: Sequence[int], *,
                     datasets: Sequence[str] = ("held_out",), mesh=None) -> dict:
   """`evaluate` of `policy` with config.eval's protocol on the named datasets (see `load_dataset`).
@@ -259,16 +268,12 @@ def evaluate_config(config, policy, tokenizer, template, stop_tokens: Sequence[i
   config.eval.datasets. `mesh`: the policy's, used with several processes only, so a one-process
   run samples on one device as it always has.
   """
-  e = config.eval
   names = list(datasets)
   if not names or len(set(names)) != len(names):
     raise ValueError(f"eval datasets {names}: expected one or more distinct dataset names")
   return evaluate(policy, tokenizer, template, {n: load_dataset(config, n) for n in names},
-                  k=e.k, temperature=e.temperature, top_p=e.top_p, top_k=e.get("top_k", 0),
-                  max_new_tokens=e.get("max_new_tokens", config.rollout.max_new_tokens),
-                  batch_size=e.batch_size, stop_tokens=stop_tokens, seed=e.seed,
-                  num_report_samples=e.get("num_report_samples", 3),
-                  mesh=mesh if jax.process_count() > 1 else None)
+                  stop_tokens=stop_tokens, mesh=mesh if jax.process_count() > 1 else None,
+                  **protocol_settings(config))
 
 
 def reuse_key(config, policy, tokenizer, template, stop_tokens: Sequence[int],
@@ -277,13 +282,10 @@ def reuse_key(config, policy, tokenizer, template, stop_tokens: Sequence[int],
   and model config, the encoded prompts, the sampling protocol and the devices. Two evaluations
   with equal keys are the same numbers, so a stage whose starting policy the previous stage has
   just evaluated reuses that report instead of sampling it again."""
-  e = config.eval
   prompts = [encode_prompts(tokenizer, template, load_dataset(config, name)) for name in datasets]
   key = {"policy": policy.fingerprint(), "model": dataclasses.asdict(policy.config),
          "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "datasets": list(datasets),
-         "k": e.k, "temperature": e.temperature, "top_p": e.top_p, "top_k": e.get("top_k", 0),
-         "max_new_tokens": e.get("max_new_tokens", config.rollout.max_new_tokens), "batch_size": e.batch_size,
-         "seed": e.seed, "num_report_samples": e.get("num_report_samples", 3),
-         "stop_tokens": [int(t) for t in stop_tokens], "mesh": config.get("mesh", {}) and config.mesh.to_dict(),
+         **protocol_settings(config), "stop_tokens": [int(t) for t in stop_tokens],
+         "mesh": config.get("mesh", {}) and config.mesh.to_dict(),
          "processes": jax.process_count(), "devices": [str(d.device_kind) for d in jax.devices()]}
   return json.loads(json.dumps(key))  # As it reads back from a report (tuples are lists).
