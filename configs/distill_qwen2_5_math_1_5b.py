@@ -15,46 +15,26 @@ Logit distillation (sft.distill) needs the teacher's vocabulary: it does not app
 Compare with RL on the same model: configs/grpo_qwen2_5_math_gsm8k.py (the paper's Table 6).
 """
 
-import importlib.util
-import os
-
-import ml_collections
-
-
-def _grpo_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_qwen2_5_math_gsm8k.py")
-  spec = importlib.util.spec_from_file_location("grpo_qwen2_5_math_gsm8k", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import common
+from configs import grpo_qwen2_5_math_gsm8k
 
 
 def get_config(arg: str | None = None):
   del arg
-  c = _grpo_config()                         # model, init, tokenizer, data, rollout, eval, mesh
+  c = grpo_qwen2_5_math_gsm8k.get_config()   # model, init, tokenizer, data, rollout, eval, mesh
   c.stage = "pipeline"
   c.total_steps = 1                          # set per stage below
-  c.pipeline = ml_collections.ConfigDict()
-  c.pipeline.stages = ("sft", "eval")
   # About 2 epochs of 800k traces at 64 packed 8k-token rows per step would be ~25k steps; a
   # user file is usually smaller: set total_steps to ~2 epochs of yours.
-  c.pipeline.stage_overrides = ({"total_steps": 5000}, {})
+  c.pipeline = common.pipeline(stages=("sft", "eval"), stage_overrides=({"total_steps": 5000}, {}))
 
   # The student's own chat template; the teacher's response follows it verbatim.
   c.data.template = "hf_chat"
 
-  c.sft = ml_collections.ConfigDict()
-  c.sft.source = "jsonl"
-  c.sft.path = ""                            # the teacher's traces: {"prompt", "response"} per line
-  c.sft.num_examples = 0                     # synthetic sources only
-  c.sft.seed = 1
-  c.sft.seq_len = 8192                       # R1's traces run to thousands of tokens; rows are packed
-  c.sft.batch_size = 64
-  c.sft.mtp_weight = 0.0
-  c.sft.num_micro_batches = 16
-  c.sft.bias_update_rate = 0.0
-  c.sft.logits_chunk_size = 1024             # 152k vocabulary: the LM head in time chunks
-  c.sft.distill = ml_collections.ConfigDict({"teacher_dir": "", "weight": 0.0, "temperature": 1.0})
+  # The teacher's traces ({"prompt", "response"} per line); R1's run to thousands of tokens, packed
+  # into rows of seq_len. A 152k vocabulary: the LM head in time chunks.
+  c.sft = common.sft(source="jsonl", num_examples=0, seed=1, seq_len=8192, batch_size=64, num_micro_batches=16,
+                     bias_update_rate=0.0, logits_chunk_size=1024)
 
   c.optimizer.learning_rate = 1e-5
   c.optimizer.warmup_steps = 100

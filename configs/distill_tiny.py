@@ -25,18 +25,8 @@ Stages 0 and 1 are configs/tiny_r1_zero.py's: pointing --workdir at a finished t
 reuses its teacher (finished stages are skipped). Arguments (comma-separated): quick, logits.
 """
 
-import importlib.util
-import os
-
-import ml_collections
-
-
-def _tiny_r1_zero(arg):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_r1_zero.py")
-  spec = importlib.util.spec_from_file_location("tiny_r1_zero", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from configs import common
+from configs import tiny_r1_zero
 
 
 def get_config(arg: str | None = None):
@@ -45,7 +35,7 @@ def get_config(arg: str | None = None):
   if unknown:
     raise ValueError(f"configs/distill_tiny.py: unknown arguments {sorted(unknown)}; expected quick, logits")
   quick = "quick" in args
-  c = _tiny_r1_zero("quick" if quick else None)
+  c = tiny_r1_zero.get_config("quick" if quick else None)
   teacher_sft, teacher_grpo = c.pipeline.stage_overrides
   if quick:
     # A smoke run whose teacher must still get some problems right for rejection sampling to keep
@@ -74,18 +64,19 @@ def get_config(arg: str | None = None):
   if "logits" in args:
     distill["sft"] = {"distill": {"weight": 1.0}}
 
-  c.pipeline.stages = ("sft", "grpo", "sft", "sample", "sft", "grpo")
-  c.pipeline.stage_overrides = (teacher_sft, teacher_grpo, student_sft, {}, distill, teacher_grpo)
-  c.pipeline.policy_from = ("previous", "previous", "init", 1, 2, 2)
-  # Logit distillation (":logits"): stage 4 also matches the teacher's token distributions.
-  c.pipeline.teacher_from = (None, None, None, None, 1 if "logits" in args else None, None)
-  c.pipeline.compare = (
-      ("teacher: MoE cold start", 1, "before"),
-      ("teacher: MoE after GRPO", 1, "after"),
-      ("student: dense cold start (base)", 5, "before"),
-      ("student: distilled (teacher samples -> SFT)", 4, "after"),
-      ("student: GRPO only", 5, "after"),
-  )
+  c.pipeline = common.pipeline(
+      stages=("sft", "grpo", "sft", "sample", "sft", "grpo"),
+      stage_overrides=(teacher_sft, teacher_grpo, student_sft, {}, distill, teacher_grpo),
+      policy_from=("previous", "previous", "init", 1, 2, 2),
+      # Logit distillation (":logits"): stage 4 also matches the teacher's token distributions.
+      teacher_from=(None, None, None, None, 1 if "logits" in args else None, None),
+      compare=(
+          ("teacher: MoE cold start", 1, "before"),
+          ("teacher: MoE after GRPO", 1, "after"),
+          ("student: dense cold start (base)", 5, "before"),
+          ("student: distilled (teacher samples -> SFT)", 4, "after"),
+          ("student: GRPO only", 5, "after"),
+      ))
 
   # Rejection sampling from the teacher on training prompts: k completions each, at most
   # max_per_prompt correct, well-formed ones kept (about 2000 examples for the full run).
@@ -93,8 +84,6 @@ def get_config(arg: str | None = None):
   c.sample.k = 2 if quick else 8
   c.sample.max_per_prompt = 4
   c.sample.temperature = 1.0
-
-  # Forward-KL logit distillation against the teacher (stage 4 with ":logits"); the pipeline sets
-  # teacher_dir from pipeline.teacher_from.
-  c.sft.distill = ml_collections.ConfigDict({"teacher_dir": "", "weight": 0.0, "temperature": 1.0})
+  # Forward-KL logit distillation against the teacher (stage 4 with ":logits", weight 1 there):
+  # config.sft.distill, whose teacher_dir the pipeline sets from pipeline.teacher_from.
   return c

@@ -11,24 +11,23 @@ reports its 671B / 37B in seconds; the forward pass runs only for models that fi
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None):
   config = ml_collections.ConfigDict()
   config.stage = "model_report"
   config.seed = 0
 
-  # Model: a name from r1/model/configs.py, plus ModelConfig field overrides. Command-line
+  # Model: a name from r1/model/presets.py, plus ModelConfig field overrides. Command-line
   # overrides need the key to exist, so the usual ones are listed with their defaults.
-  config.model = ml_collections.ConfigDict()
-  config.model.name = arg or "tiny_v3"
-  config.model.overrides = ml_collections.ConfigDict()
-  config.model.overrides.dtype = "float32"     # activations / matmuls; "bfloat16" on TPU
-  config.model.overrides.moe_impl = "einsum"   # "ragged" (grouped GEMM) on TPU/GPU
-  config.model.overrides.remat = "none"
+  config.model = common.model(arg or "tiny_v3",
+                              dtype="float32",    # activations / matmuls; "bfloat16" on TPU
+                              moe_impl="einsum",  # "ragged" (grouped GEMM) on TPU/GPU
+                              remat="none")
 
   # Where the weights come from: random init unless a local HF checkpoint directory is given.
-  config.init = ml_collections.ConfigDict()
-  config.init.hf_dir = ""
+  config.init = ml_collections.ConfigDict({"hf_dir": ""})
 
   # The forward pass: a random batch of this shape, skipped above max_forward_params.
   config.forward = ml_collections.ConfigDict()

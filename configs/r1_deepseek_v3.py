@@ -22,27 +22,15 @@ Hardware: a TPU v5p-1024 slice or larger (see configs/r1_zero_deepseek_v3.py for
     --config.reward_model.path=/mnt/ckpt/helpfulness_rm        # optional: stage 4's reward model
 """
 
-import importlib.util
-import os
-
-import ml_collections
-
-
-def _r1_zero_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "r1_zero_deepseek_v3.py")
-  spec = importlib.util.spec_from_file_location("r1_zero_deepseek_v3", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import common
+from configs import r1_zero_deepseek_v3
 
 
 def get_config(arg: str | None = None):
   del arg
-  c = _r1_zero_config()                         # model, data, rollout, GRPO and eval of R1-Zero
+  c = r1_zero_deepseek_v3.get_config()          # model, data, rollout, GRPO and eval of R1-Zero
   c.stage = "pipeline"
-  c.pipeline = ml_collections.ConfigDict()
-  c.pipeline.stages = ("sft", "grpo", "sample", "sft", "grpo", "eval")
-  c.pipeline.stage_overrides = (
+  c.pipeline = common.pipeline(stages=("sft", "grpo", "sample", "sft", "grpo", "eval"), stage_overrides=(
       # 1. Cold start: thousands of long-CoT examples, a couple of epochs.
       {"total_steps": 1000, "optimizer": {"learning_rate": 5e-6, "warmup_steps": 50, "schedule": "cosine"}},
       # 2. Reasoning RL: rule-based rewards plus language consistency against language mixing.
@@ -58,29 +46,16 @@ def get_config(arg: str | None = None):
       {"total_steps": 2000, "grpo": {"clip_eps": 0.2}},
       # Evaluation of the final policy.
       {},
-  )
-  c.sft = ml_collections.ConfigDict()
-  c.sft.source = "jsonl"                       # cold-start data: prompt, response
-  c.sft.path = ""
-  c.sft.num_examples = 0
-  c.sft.seed = 0
-  c.sft.seq_len = 32_768
-  c.sft.batch_size = 64
-  c.sft.mtp_weight = 0.3                       # V3's MTP objective during SFT
-  c.sft.num_micro_batches = 16
-  c.sft.bias_update_rate = 0.0
-  c.sft.logits_chunk_size = 256
-
-  c.sample = ml_collections.ConfigDict()
-  c.sample.k = 16
-  c.sample.num_prompts = 40_000                # ~600k reasoning samples kept in the paper
-  c.sample.batch_size = 32
-  c.sample.temperature = 1.0
-  c.sample.top_p = 0.95
-  c.sample.max_per_prompt = 4
-  c.sample.min_language = 0.95                 # R1: filter chains of thought with mixed languages
-  c.sample.min_kept = 1
-  c.rewards = ml_collections.ConfigDict({"accuracy": 1.0, "format": 1.0})
+  ))
+  c.sft = common.sft(source="jsonl",            # cold-start data: prompt, response
+                     num_examples=0, seed=0, seq_len=32_768, batch_size=64,
+                     mtp_weight=0.3,               # V3's MTP objective during SFT
+                     num_micro_batches=16, bias_update_rate=0.0, logits_chunk_size=256)
+  c.sample = common.sample(k=16,
+                           num_prompts=40_000,     # ~600k reasoning samples kept in the paper
+                           batch_size=32, temperature=1.0, top_p=0.95, max_per_prompt=4,
+                           min_language=0.95)      # R1: filter chains of thought with mixed languages
+  c.rewards = common.rewards(accuracy=1.0, format=1.0)
   # Stage 4's reward model (stage 2 overrides the path to ""): a score of O(1) next to the 0/1 rules.
   c.reward_model.weight = 1.0
   return c

@@ -315,8 +315,7 @@ def from_stage_config(config, policy_config: ModelConfig, mesh=None) -> RewardMo
   kernel, on the policy's mesh; it must share the policy's tokenizer (checked: its vocabulary
   covers the policy's).
   """
-  rm_config = config.get("reward_model") or {}
-  path = rm_config.get("path", "")
+  path = config.reward_model.path
   rules = ", ".join(f"{name}" for name in config.rewards.keys()) or "none"
   if not path:
     message = (f"RL stage: no reward model configured (config.reward_model.path is empty); "
@@ -329,7 +328,7 @@ def from_stage_config(config, policy_config: ModelConfig, mesh=None) -> RewardMo
   if rm.config.vocab_size < policy_config.vocab_size:
     raise CheckpointError(f"{path}: reward model vocab_size {rm.config.vocab_size} < the policy's "
                           f"{policy_config.vocab_size}; it must use the policy's tokenizer")
-  message = (f"RL stage: reward model {path} (weight {float(rm_config.get('weight', 0.0))}) added to the "
+  message = (f"RL stage: reward model {path} (weight {float(config.reward_model.weight)}) added to the "
              f"rule-based rewards: {rules}")
   logging.info(message)
   print(message)

@@ -5,7 +5,7 @@ from r1.data import sources, tasks
 
 def make_task(data_config):
   """The synthetic task named by data_config.task with data_config.task_knobs."""
-  return tasks.make_task(data_config.task, **dict(data_config.get("task_knobs", {})))
+  return tasks.make_task(data_config.task, **dict(data_config.task_knobs))
 
 
 def prompt_source(data_config, split: str = "train"):

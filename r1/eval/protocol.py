@@ -252,12 +252,12 @@ def load_dataset(config, name: str) -> list:
 
 
 def protocol_settings(config) -> dict:
-  """config.eval's sampling protocol as `evaluate`'s keyword arguments (one reading of its defaults,
-  for `evaluate_config` and `reuse_key`)."""
+  """config.eval's sampling protocol as `evaluate`'s keyword arguments (read once, for
+  `evaluate_config`, `reuse_key` and the eval stage's up-to-date check)."""
   e = config.eval
-  return {"k": e.k, "temperature": e.temperature, "top_p": e.top_p, "top_k": e.get("top_k", 0),
-          "max_new_tokens": e.get("max_new_tokens", config.rollout.max_new_tokens), "batch_size": e.batch_size,
-          "seed": e.seed, "num_report_samples": e.get("num_report_samples", 3)}
+  return {"k": e.k, "temperature": e.temperature, "top_p": e.top_p, "top_k": e.top_k,
+          "max_new_tokens": config.rollout.max_new_tokens if e.max_new_tokens is None else e.max_new_tokens,
+          "batch_size": e.batch_size, "seed": e.seed, "num_report_samples": e.num_report_samples}
 
 
 def evaluate_config(config, policy, tokenizer, template, stop_tokens: Sequence[int], *,
@@ -286,6 +286,6 @@ def reuse_key(config, policy, tokenizer, template, stop_tokens: Sequence[int],
   key = {"policy": policy.fingerprint(), "model": dataclasses.asdict(policy.config),
          "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), "datasets": list(datasets),
          **protocol_settings(config), "stop_tokens": [int(t) for t in stop_tokens],
-         "mesh": config.get("mesh", {}) and config.mesh.to_dict(),
+         "mesh": config.mesh.to_dict(),
          "processes": jax.process_count(), "devices": [str(d.device_kind) for d in jax.devices()]}
   return json.loads(json.dumps(key))  # As it reads back from a report (tuples are lists).

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from r1.model.config import ModelConfig, RopeScaling
-from r1.model.configs import get_model_config
+from r1.model.presets import get_model_config
 from r1.model.transformer import ModelOutput, Transformer
 
 __all__ = ["ModelConfig", "RopeScaling", "ModelOutput", "Transformer", "get_model_config", "init_variables",

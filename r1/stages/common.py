@@ -52,8 +52,8 @@ def build_tokenizer(config, workdir: str):
   resumed run tokenises exactly as before.
   """
   # A real checkpoint ships its tokenizer: tokenizer.path, else the init checkpoint directory.
-  path = config.tokenizer.get("path", "") or config.init.get("hf_dir", "")
-  if not path and config.init.get("checkpoint_dir", ""):
+  path = config.tokenizer.path or config.init.hf_dir
+  if not path and config.init.checkpoint_dir:
     path = _checkpoint_tokenizer_dir(config.init.checkpoint_dir)
   if path:
     return load_tokenizer(path), path
@@ -77,7 +77,7 @@ def build_tokenizer(config, workdir: str):
 def stop_tokens(config, tokenizer) -> list[int]:
   """EOS, plus `</answer>` when config.rollout.stop_at_answer (R1 templates end there)."""
   stops = [tokenizer.eos_id]
-  if config.rollout.get("stop_at_answer", False):
+  if config.rollout.stop_at_answer:
     answer_end = tokenizer.token_to_id("</answer>")
     if answer_end is None:
       raise ValueError(f"rollout.stop_at_answer: '</answer>' is {len(tokenizer.encode('</answer>'))} tokens in this "
@@ -95,12 +95,11 @@ def prompt_template(config, tokenizer_path: str | None) -> templates.Template:
 
 def build_mesh(config):
   """The device mesh of config.mesh.shape (e.g. {"data": 2, "fsdp": 2, "expert": 2}; -1 takes the
-  remaining devices) times config.mesh.dcn_data slices (default 1); None (one device, no sharding
-  annotations) when every axis is 1."""
-  mesh_config = config.get("mesh", {}) or {}
-  shape = {k: int(v) for k, v in dict(mesh_config.get("shape", {}) or {}).items()}
+  remaining devices) times config.mesh.dcn_data slices; None (one device, no sharding annotations)
+  when every axis is 1."""
+  shape = {k: int(v) for k, v in config.mesh.shape.items()}
   # Multi-slice: `data` spans mesh.dcn_data slices over the data-center network (sharding.make_mesh).
-  dcn_data = int(mesh_config.get("dcn_data", 1) or 1)
+  dcn_data = int(config.mesh.dcn_data)
   if dcn_data == 1 and not any(v != 1 for v in shape.values()):
     if jax.process_count() > 1:
       raise ValueError(f"config.mesh.shape={shape} is one device, but this job has {jax.process_count()} processes "
@@ -195,8 +194,8 @@ def build_policy(config, tokenizer, mesh=None) -> r1.Policy:
   The model of a checkpoint_dir or random init is config.model with the tokenizer's vocabulary;
   with a mesh the weights are placed sharded by r1.sharding's rules.
   """
-  overrides = dict(config.model.get("overrides", {}))
-  hf_dir, checkpoint_dir = config.init.get("hf_dir", ""), config.init.get("checkpoint_dir", "")
+  overrides = dict(config.model.overrides)
+  hf_dir, checkpoint_dir = config.init.hf_dir, config.init.checkpoint_dir
   if hf_dir and checkpoint_dir:
     raise ValueError(f"config.init.hf_dir={hf_dir!r} and config.init.checkpoint_dir={checkpoint_dir!r}: "
                      "set one of them (or neither, for random init)")
@@ -205,7 +204,7 @@ def build_policy(config, tokenizer, mesh=None) -> r1.Policy:
   model_config = get_model_config(config.model.name, vocab_size=tokenizer.vocab_size, **overrides)
   if checkpoint_dir:
     return r1.Policy(model_config, restore_policy_variables(model_config, checkpoint_dir,
-                                                            config.init.get("checkpoint_step"), mesh))
+                                                            config.init.checkpoint_step, mesh))
   variables = init_variables(model_config, jax.random.key(config.seed))
   if mesh is not None:
     variables = jax.device_put(variables, sharding.variable_shardings(abstract_variables(model_config), mesh))
@@ -234,11 +233,11 @@ def restore_policy_variables(model_config, checkpoint_dir: str, step: int | None
 
 def init_description(config) -> str:
   """Where the stage's starting policy comes from, for reports and provenance."""
-  if config.init.get("hf_dir", ""):
+  if config.init.hf_dir:
     return config.init.hf_dir
-  checkpoint_dir = config.init.get("checkpoint_dir", "")
+  checkpoint_dir = config.init.checkpoint_dir
   if checkpoint_dir:
-    step = config.init.get("checkpoint_step")
+    step = config.init.checkpoint_step
     if step is None and os.path.isdir(checkpoint_dir):  # The latest, as restore picks it.
       step = max((int(n) for n in os.listdir(checkpoint_dir) if n.isdigit()), default=None)
     return f"{checkpoint_dir}@step{step}"

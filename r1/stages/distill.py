@@ -17,7 +17,6 @@ import json
 import os
 
 from absl import logging
-import ml_collections
 
 import r1
 from r1.model import ModelConfig
@@ -28,15 +27,10 @@ from r1.tokenizer import Tokenizer, load_tokenizer
 _PROBE_TEXT = "<think> 12 + 34 = 46 </think> <answer>46</answer> Über naïve café, 数学."
 
 
-def distill_config(config) -> ml_collections.ConfigDict | dict:
-  """config.sft.distill, or {} when the section is missing (configs written before distillation)."""
-  return config.sft.get("distill", None) or {}
-
-
 def enabled(config) -> bool:
   """Whether config.sft.distill asks for a teacher: a teacher_dir and a non-zero weight."""
-  d = distill_config(config)
-  return bool(d.get("teacher_dir", "")) and float(d.get("weight", 0.0)) != 0.0
+  d = config.sft.distill
+  return bool(d.teacher_dir) and float(d.weight) != 0.0
 
 
 def _check_tokenizers(teacher_dir: str, tokenizer: Tokenizer | None):
@@ -72,8 +66,8 @@ def load_teacher(config, student_config: ModelConfig, tokenizer: Tokenizer | Non
   """
   if not enabled(config):
     return None
-  d = distill_config(config)
-  teacher_dir = d["teacher_dir"]
+  d = config.sft.distill
+  teacher_dir = d.teacher_dir
   config_path = os.path.join(teacher_dir, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"sft.distill.teacher_dir={teacher_dir!r}: no config.json (expected an exported "
@@ -86,10 +80,10 @@ def load_teacher(config, student_config: ModelConfig, tokenizer: Tokenizer | Non
   _check_tokenizers(teacher_dir, tokenizer)
   # The teacher's MTP modules are never run: it only scores the next token. With a mesh the loader
   # places each tensor with a policy's sharding (r1.sft.teacher_shardings: the same rules).
-  teacher = r1.load_hf_checkpoint(teacher_dir, d.get("dtype", None) or student_config.dtype, mesh=mesh,
+  teacher = r1.load_hf_checkpoint(teacher_dir, d.dtype or student_config.dtype, mesh=mesh,
                                   load_mtp=False)
   logging.info("distillation teacher %s: %s, weight %s, temperature %s", teacher_dir,
-               teacher.config.architecture, d["weight"], d.get("temperature", 1.0))
+               teacher.config.architecture, d.weight, d.temperature)
   return teacher
 
 
@@ -97,9 +91,9 @@ def sft_step_kwargs(config, teacher: r1.Policy | None) -> dict:
   """make_sft_step's distillation arguments: {} without a teacher."""
   if teacher is None:
     return {}
-  d = distill_config(config)
-  return {"teacher_config": teacher.config, "distill_weight": float(d["weight"]),
-          "distill_temperature": float(d.get("temperature", 1.0))}
+  d = config.sft.distill
+  return {"teacher_config": teacher.config, "distill_weight": float(d.weight),
+          "distill_temperature": float(d.temperature)}
 
 
 def with_teacher(update, teacher: r1.Policy | None):

@@ -25,19 +25,15 @@ from r1.stages import common
 
 def stage_settings(config) -> dict:
   """What the report depends on: the policy, datasets and sampling settings (JSON types only)."""
-  e = config.eval
-  hf_dir = config.init.get("hf_dir", "")
+  hf_dir = config.init.hf_dir
   policy_file = os.path.join(hf_dir, "config.json")
   settings = {
       "policy": common.init_description(config),  # hf_dir, checkpoint_dir@step, or random init
       # A policy re-exported to the same directory is a different policy.
       "policy_mtime_ns": os.stat(policy_file).st_mtime_ns if hf_dir and os.path.exists(policy_file) else None,
-      "tokenizer": config.tokenizer.get("path", ""), "data": config.data.to_dict(),
-      "datasets": list(e.get("datasets", ("held_out",))), "num_examples": e.num_examples, "k": e.k,
-      "temperature": e.temperature, "top_p": e.top_p, "top_k": e.get("top_k", 0),
-      "max_new_tokens": e.get("max_new_tokens", config.rollout.max_new_tokens), "batch_size": e.batch_size,
-      "seed": e.seed, "num_report_samples": e.get("num_report_samples", 3),
-      "stop_at_answer": config.rollout.get("stop_at_answer", False)}
+      "tokenizer": config.tokenizer.path, "data": config.data.to_dict(), "datasets": list(config.eval.datasets),
+      "num_examples": config.eval.num_examples, **protocol.protocol_settings(config),
+      "stop_at_answer": config.rollout.stop_at_answer}
   return json.loads(json.dumps(settings))  # As it reads back from the report (tuples are lists).
 
 
@@ -59,7 +55,7 @@ def run(config, workdir: str) -> dict:
   policy = common.build_policy(config, tokenizer, mesh)
   report = protocol.evaluate_config(config, policy, tokenizer, common.prompt_template(config, tokenizer_path),
                                     common.stop_tokens(config, tokenizer),
-                                    datasets=config.eval.get("datasets", ("held_out",)), mesh=mesh)
+                                    datasets=config.eval.datasets, mesh=mesh)
   report["stage"] = settings
   if common.is_chief():
     report_lib.write_report(path, report)

@@ -98,7 +98,7 @@ def build(config, workdir: str) -> tuple[Stage, train_state.TrainState, int, dic
   mc = setup.policy.config
   num_micro_batches, logits_chunk_size = common.update_split(config, mesh, mc)
   update = grpo.make_grpo_step(
-      mc, setup.optimizer, setup.schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.get("clip_eps_high"), kl_coef=gc.kl_coef,
+      mc, setup.optimizer, setup.schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.clip_eps_high, kl_coef=gc.kl_coef,
       loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=num_micro_batches,
       ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate,
       logits_chunk_size=logits_chunk_size, state_shardings=setup.state_shardings, mesh=mesh)
@@ -339,7 +339,7 @@ def _previous_evaluation(stage: Stage, state) -> dict | None:
   this stage's evaluation of its starting policy (`state`'s, at step 0): the same bits, prompts and
   protocol (protocol.reuse_key). None otherwise."""
   config = stage.config
-  hf_dir = config.init.get("hf_dir", "")
+  hf_dir = config.init.hf_dir
   path = os.path.join(os.path.dirname(os.path.normpath(hf_dir)), report_lib.REPORT_FILE) if hf_dir else ""
   if not path or not os.path.exists(path):
     return None

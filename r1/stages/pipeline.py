@@ -83,7 +83,7 @@ def stage_config(config, index: int, previous_workdir: str | None, pinned=(),
 
 def _entry(config, field: str, index: int):
   """config.pipeline.<field>[index], or None when the field or the entry is absent."""
-  entries = tuple(config.pipeline.get(field, ()) or ())
+  entries = tuple(config.pipeline[field])
   return entries[index] if index < len(entries) else None
 
 
@@ -159,7 +159,7 @@ def run(config, workdir: str, stages: dict, pinned=()) -> dict:
     print(run_report.format_results(summary))
     print(f"report: {os.path.join(workdir, run_report.RUN_REPORT_FILE)}")
     results["report"] = summary
-  compare = tuple(config.pipeline.get("compare", ()) or ())
+  compare = tuple(config.pipeline.compare)
   if compare:
     rows = [(title, stage_dirs[int(stage)], when) for title, stage, when in compare]
     comparison = run_report.write_comparison(workdir, rows)

@@ -196,12 +196,12 @@ def rollout_round(stage, state, step: int, batch: dict, seed: int, dispatch_refe
     # Multi-host: a collective over this process's rows, laid out as one process would lay out
     # the global batch (the widest process's prompt bucket).
     rm_scores = reward_model_scores(stage.reward_model, *pad_host_prompts(prompts), rnd["completions"],
-                                            rnd["mask"], g, batch_size=rm_config.get("batch_size", 0))
+                                            rnd["mask"], g, batch_size=rm_config.batch_size)
     rm_scores, bad = registry.zero_nonfinite("reward_model", rm_scores,
                                              [ex for ex in rnd["examples"] for _ in range(g)])
     rnd["nonfinite"] = rnd["nonfinite"] | bad
     rnd["components"]["reward_model"] = rm_scores
-    rnd["total"] = rnd["total"] + np.float32(rm_config.get("weight", 0.0)) * rm_scores
+    rnd["total"] = rnd["total"] + np.float32(rm_config.weight) * rm_scores
   if config.rollout.overlong == "penalty":  # DAPO 3.4: soft punishment in the last tokens
     rnd["components"]["overlong"] = overlong_penalty(rnd["lengths"], n, config.rollout.overlong_buffer)
     rnd["total"] = rnd["total"] + rnd["components"]["overlong"]

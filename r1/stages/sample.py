@@ -259,7 +259,7 @@ def run(config, workdir: str) -> dict:
   """Rejection-samples SFT data into `workdir` and exports the starting policy; returns the report."""
   os.makedirs(workdir, exist_ok=True)
   s = config.sample
-  seed = int(s.get("seed", config.seed))
+  seed = config.seed if s.seed is None else int(s.seed)
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
   template = common.prompt_template(config, tokenizer_path)
   stops = common.stop_tokens(config, tokenizer)
@@ -268,18 +268,16 @@ def run(config, workdir: str) -> dict:
   mesh = common.build_mesh(config)
   policy = common.build_policy(config, tokenizer, mesh)
   source_policy = common.init_description(config)
-  min_language = s.get("min_language", None)
-  max_per_prompt = s.get("max_per_prompt", None)
 
   examples = choose_prompts(splits.prompt_source(config.data, "train"), s.num_prompts, seed)
   out = generate_completions(policy, tokenizer, template, examples, k=s.k, batch_size=s.batch_size,
-                             max_new_tokens=s.get("max_new_tokens", config.rollout.max_new_tokens),
-                             temperature=s.temperature, top_p=s.top_p, top_k=s.get("top_k", 0),
+                             max_new_tokens=config.rollout.max_new_tokens if s.max_new_tokens is None else s.max_new_tokens,
+                             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                              stop_tokens=stops, seed=seed, mesh=mesh)
   # Multi-host: this process's prompts only (all of them with one process).
   own_examples = [examples[i] for i in out["prompt_indices"]]
-  kept, stats = select_samples(own_examples, out["texts"], out["stopped"], min_language=min_language,
-                               language_target=s.get("language_target", "en"), max_per_prompt=max_per_prompt,
+  kept, stats = select_samples(own_examples, out["texts"], out["stopped"], min_language=s.min_language,
+                               language_target=s.language_target, max_per_prompt=s.max_per_prompt,
                                think_prefilled=template.opens_think)
   rows = sft_rows(kept, own_examples, out["lengths"], source_policy=source_policy, seed=seed)
   rows, stats, lengths = gather_selection(rows, [out["prompt_indices"][x.prompt_index] for x in kept], stats,
@@ -292,14 +290,14 @@ def run(config, workdir: str) -> dict:
                 mean_length_generated=float(np.mean(lengths)) if len(lengths) else 0.0,
                 source_policy=source_policy, seed=seed, data_file=SFT_DATA_FILE,
                 settings={"k": s.k, "num_prompts": s.num_prompts, "temperature": s.temperature, "top_p": s.top_p,
-                          "top_k": s.get("top_k", 0), "batch_size": s.batch_size, "min_language": min_language,
-                          "max_per_prompt": max_per_prompt, "stop_tokens": stops, "template": template.name})
+                          "top_k": s.top_k, "batch_size": s.batch_size, "min_language": s.min_language,
+                          "max_per_prompt": s.max_per_prompt, "stop_tokens": stops, "template": template.name})
   if common.is_chief():
     report_lib.write_report(os.path.join(workdir, REPORT_FILE), report)
   print(f"sample: kept {stats['kept']} / {stats['generated']} ({stats['acceptance_rate']:.3f}) from "
         f"{stats['prompts']} prompts; pass rates " +
         ", ".join(f"{name} {rate:.3f}" for name, rate in stats["pass_rates"].items()))
-  min_kept = int(s.get("min_kept", 1))
+  min_kept = int(s.min_kept)
   if stats["kept"] < min_kept:
     # Not exported, so the pipeline does not mark the stage done and never starts an SFT stage on
     # (almost) no data; the report above says which check rejected the samples.

@@ -40,7 +40,7 @@ def run(config, workdir: str) -> dict:
   update = sft_lib.make_sft_step(mc, setup.optimizer, setup.schedule, mtp_weight=config.sft.mtp_weight,
                                  num_micro_batches=config.sft.num_micro_batches,
                                  bias_update_rate=config.sft.bias_update_rate,
-                                 logits_chunk_size=config.sft.get("logits_chunk_size"),
+                                 logits_chunk_size=config.sft.logits_chunk_size,
                                  state_shardings=setup.state_shardings, mesh=mesh,
                                  **distill.sft_step_kwargs(config, teacher))
   update = distill.with_teacher(update, teacher)

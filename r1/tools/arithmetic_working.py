@@ -11,7 +11,6 @@ Each argument is a stage workdir holding policy/ and tokenizer/.
 """
 
 import argparse
-import importlib.util
 import os
 
 import r1
@@ -21,14 +20,11 @@ from r1.eval import protocol
 from r1.tokenizer import load_tokenizer
 from r1.stages import common
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _tiny_config():
-  spec = importlib.util.spec_from_file_location("tiny_r1_zero", os.path.join(ROOT, "configs", "tiny_r1_zero.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from configs import tiny_r1_zero  # pylint: disable=g-import-not-at-top  (run from the repository root)
+  return tiny_r1_zero.get_config()
 
 
 def main():

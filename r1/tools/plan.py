@@ -98,8 +98,8 @@ def model_config_of(config) -> ModelConfig:
   the shapes come from its config.json when the directory exists; otherwise config.model.name,
   with the tokenizer's vocabulary when the config trains one.
   """
-  overrides = dict(config.model.get("overrides") or {})
-  hf_dir = (config.get("init") or {}).get("hf_dir", "")
+  overrides = dict(config.model.overrides)
+  hf_dir = config.init.hf_dir
   if hf_dir:
     overrides = {"param_dtype": overrides.get("dtype", "float32"), **overrides}
     path = os.path.join(hf_dir, "config.json")
@@ -108,7 +108,7 @@ def model_config_of(config) -> ModelConfig:
       with open(path) as f:
         return hf.config_from_hf(json.load(f), **overrides)
   else:
-    vocab = (config.get("tokenizer") or {}).get("vocab_size", 0)
+    vocab = config.tokenizer.vocab_size
     if vocab:
       overrides.setdefault("vocab_size", vocab)
   return get_model_config(config.model.name, **overrides)
@@ -136,11 +136,11 @@ def workload_of(config) -> Workload:
   from r1.sampling import bucket_length  # pylint: disable=g-import-not-at-top
   if config.stage == "sft":
     s = config.sft
-    return Workload("sft", s.batch_size, s.num_micro_batches, s.seq_len, s.get("logits_chunk_size"), False)
+    return Workload("sft", s.batch_size, s.num_micro_batches, s.seq_len, s.logits_chunk_size, False)
   g, n = config.rollout.num_samples, config.rollout.max_new_tokens
   p = bucket_length(max(config.data.length_buckets))
   gc = config.grpo
-  return Workload("grpo", config.data.batch_size * g, gc.num_micro_batches, p + n, gc.get("logits_chunk_size"),
+  return Workload("grpo", config.data.batch_size * g, gc.num_micro_batches, p + n, gc.logits_chunk_size,
                   gc.kl_coef > 0, prompts=config.data.batch_size, samples=g, prompt_len=p, max_new_tokens=n)
 
 
@@ -330,12 +330,12 @@ def plan(config, mesh_shape: dict | None = None, topology: str = "cpu-1", device
   num_devices, topology_bytes = topology_devices(topology)
   device_bytes = device_bytes or topology_bytes
   if mesh_shape is None:
-    mesh_shape = dict((config.get("mesh") or {}).get("shape") or {"data": -1})
+    mesh_shape = dict(config.mesh.shape)
   mesh_shape = resolve_mesh_shape(mesh_shape, num_devices)
   mc = model_config or model_config_of(config)
   work = workload_of(config)
   notes = []
-  if not (config.get("init") or {}).get("hf_dir") and mc.param_dtype != mc.dtype:
+  if not config.init.hf_dir and mc.param_dtype != mc.dtype:
     notes.append(f"init.hf_dir is empty: {mc.param_dtype} parameters as random init makes them; a checkpoint "
                  f"loads in {mc.dtype} (set --config.init.hf_dir to plan that)")
 

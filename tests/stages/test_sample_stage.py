@@ -6,11 +6,11 @@ import os
 import re
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 import r1
+from configs import common as config_sections
 from configs import tiny_r1_zero
 from r1.data import pipeline, sources, splits, templates
 from r1.rewards import registry
@@ -80,10 +80,9 @@ def stage_config(tokenizer_path, **sample_overrides):
   c.tokenizer.path = tokenizer_path
   c.model.overrides.hidden_size = 32
   c.model.overrides.num_hidden_layers = 1
-  c.sample = ml_collections.ConfigDict(dict(
-      k=8, num_prompts=5, batch_size=2, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=48, seed=3,
-      max_per_prompt=2, min_language=0.9, language_target="en"))
-  c.sample.update(sample_overrides)
+  c.sample = config_sections.sample(**dict(
+      dict(k=8, num_prompts=5, batch_size=2, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=48, seed=3,
+           max_per_prompt=2, min_language=0.9, language_target="en"), **sample_overrides))
   return c
 
 

@@ -1,4 +1,4 @@
-"""Named model configurations, referenced from experiment configs by name.
+"""Named model configurations (presets), referenced from experiment configs by `model.name`.
 
 `deepseek_v3` and `deepseek_v2_lite` are the published checkpoints' `config.json` values; the tiny
 ones keep every architectural feature (MLA with both q paths, group-limited routing, dense-first
