@@ -33,8 +33,13 @@ if os.environ.get("R1_TEST_XLA_DEFAULTS") != "1":
   # while half-written fails to decompress, which JAX reports as a warning and recompiles.
 
 
+def xla_flags_without_fast_compile() -> str:
+  """XLA_FLAGS less the session's skipped optimisations, for a child that runs big programs."""
+  return os.environ.get("XLA_FLAGS", "").replace(_FAST_FLAGS, "").strip()
+
+
 def pytest_configure(config):
-  # README's test command (what CI runs) deselects these: together over 11 min of CPU time, more than
+  # README's test command (what CI runs) deselects these: together about 25 min of CPU time, more than
   # the 30-minute budget on 2 cores has left. Each has a cheaper sibling that CI runs (README).
   config.addinivalue_line("markers", "slow: over CI's time budget; run with `pytest -m slow tests` (README)")
 

@@ -3,6 +3,7 @@ meshes.MESHES == the single-device step, for the loss, the gradients and the new
 large parameter or optimizer-state array is fully replicated in the sharded state."""
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -84,14 +85,14 @@ def replicated_leaves(state) -> list[str]:
   return found
 
 
-def main():
+def main(names):
   assert jax.device_count() == 8, jax.devices()
   config = get_model_config("tiny_v3", num_hidden_layers=2)
   variables = init_variables(config, jax.random.key(0))
   batch = make_batch()
   loss1, g1, s1, m1 = run(config, variables, batch)
   results = {}
-  for name in meshes.MESHES:
+  for name in names:
     loss8, g8, s8, m8 = run(config, variables, batch, meshes.make(name))
     experts = s8.params["layers_1"]["mlp"]["experts_gate_proj"]
     mu = s8.opt_state[1][0].mu["layers_1"]["mlp"]["experts_gate_proj"]
@@ -116,4 +117,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:] or list(meshes.MESHES))

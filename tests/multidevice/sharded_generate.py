@@ -15,7 +15,7 @@ from r1.model import abstract_variables
 from tests.multidevice import meshes
 
 
-def main(fixture):
+def main(fixture, names):
   assert jax.device_count() == 8, jax.devices()
   prompts = [[5, 6, 7], [9, 10, 11, 12, 13], [4], [20, 21, 22, 23], [30, 31], [40, 41, 42], [50], [60, 61]]
   kwargs = dict(num_samples=2, max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)
@@ -24,7 +24,7 @@ def main(fixture):
   single, greedy_single = one.generate(prompts, **kwargs), one.generate(prompts, **greedy)
   lp_scale = float(np.abs(np.asarray(single.logprobs)).max())
   results = {}
-  for name in meshes.MESHES:
+  for name in names:
     mesh = meshes.make(name)
     policy = r1.load_hf_checkpoint(fixture, mesh=mesh)
     decode_variables = sharding.reshard(policy.variables, abstract_variables(policy.config), mesh,
@@ -46,4 +46,4 @@ def main(fixture):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(sys.argv[1], sys.argv[2:] or list(meshes.MESHES))

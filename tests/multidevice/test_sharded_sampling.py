@@ -3,13 +3,18 @@ meshes.MESHES, in the training layout and in the decode layout (SAMPLE_RULES, no
 
 import os
 
+import pytest
+
+from tests.multidevice import meshes
 from tests.multidevice.meshes import MESHES
 from tests.multidevice.test_sharded_model import FIXTURES, run_on_8_devices
 
 
-def test_sharded_generate_equals_single_device():
-  results = run_on_8_devices("sharded_generate.py", os.path.join(FIXTURES, "v3_qlora_yarn_groups"))
-  assert sorted(results) == sorted(f"{m}/{r}" for m in MESHES for r in ("train", "sample"))
+@pytest.mark.parametrize("names", [meshes.CI_MESHES, pytest.param(meshes.SLOW_MESHES, marks=pytest.mark.slow)],
+                         ids=["+".join(meshes.CI_MESHES), "+".join(meshes.SLOW_MESHES)])
+def test_sharded_generate_equals_single_device(names):
+  results = run_on_8_devices("sharded_generate.py", os.path.join(FIXTURES, "v3_qlora_yarn_groups"), *names)
+  assert sorted(results) == sorted(f"{m}/{r}" for m in names for r in ("train", "sample"))
   for key, r in results.items():
     assert r["tokens_equal"] and r["greedy_equal"], (key, r)
     assert r["logprob_rel"] <= 1e-5, (key, r)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.child_env import child_env
 from tests.multidevice.test_sharded_model import ROOT
 
@@ -22,6 +24,9 @@ def _run(workdir, devices, extra=()):
     return {row["step"]: row for row in map(json.loads, f) if "reward" in row}
 
 
+# 140 s in a full run; CI runs the sharded GRPO step (test_sharded_grpo.py) and sampler
+# (test_sharded_sampling.py) against one device on the meshes that shard every axis.
+@pytest.mark.slow
 def test_sharded_grpo_stage_equals_single_device(tmp_path):
   single = _run(tmp_path / "one", 1)
   sharded = _run(tmp_path / "eight", 8, ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",

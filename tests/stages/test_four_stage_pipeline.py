@@ -16,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import r1
 from configs import tiny_r1_zero
@@ -93,6 +94,9 @@ def recording_stages(configs: dict) -> dict:
   return {name: recording(name) for name in stage_fns}
 
 
+# 170 s in a full run; CI runs the two-stage pipeline end to end (test_training_integration.py), the
+# sample stage and its SFT data (test_sample_stage.py) and the eval stage (test_eval_stage.py).
+@pytest.mark.slow
 def test_four_stage_pipeline_end_to_end_then_skips(tmp_path, capsys):
   config = four_stage_config()
   workdir = str(tmp_path)
