@@ -64,7 +64,18 @@ def eval_scalars(report: dict, prefix: str = "eval/") -> dict[str, float]:
   return out
 
 
+class ReportError(ValueError):
+  """A report file that is not a JSON object (truncated by a full disk, edited by hand...)."""
+
+
 def read_report(path: str) -> dict:
-  """The report JSON at `path`."""
+  """The report JSON object at `path`; ReportError naming the file and the position if it is not one."""
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    text = f.read()
+  try:
+    report = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ReportError(f"{path}: not a report: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
+  if not isinstance(report, dict):
+    raise ReportError(f"{path}: not a report: a JSON {type(report).__name__}, expected an object")
+  return report

@@ -16,6 +16,7 @@ each process samples its rows of every eval batch and grades the whole set; proc
 import json
 import os
 
+from absl import logging
 import jax
 
 from r1.eval import protocol
@@ -41,8 +42,13 @@ def run(config, workdir: str) -> dict:
   """Evaluates the stage's policy into <workdir>/eval_report.json (reused if up to date); returns it."""
   path = os.path.join(workdir, report_lib.REPORT_FILE)
   settings = stage_settings(config)
+  report = None
   if os.path.exists(path):
-    report = report_lib.read_report(path)
+    try:
+      report = report_lib.read_report(path)
+    except report_lib.ReportError as e:
+      logging.warning("%s: evaluating again", e)
+  if report is not None:
     if report.get("stage") == settings:
       print(f"eval: {path} is up to date, not re-evaluating")
       print(report_lib.format_table(report))

@@ -343,7 +343,11 @@ def _previous_evaluation(stage: Stage, state) -> dict | None:
   path = os.path.join(os.path.dirname(os.path.normpath(hf_dir)), report_lib.REPORT_FILE) if hf_dir else ""
   if not path or not os.path.exists(path):
     return None
-  report = report_lib.read_report(path)
+  try:
+    report = report_lib.read_report(path)
+  except report_lib.ReportError as e:
+    logging.warning("%s: evaluating the starting policy instead", e)
+    return None
   key = report.pop(report_lib.REUSE_KEY, None)
   policy = common.policy_of(stage.model_config, state)
   if key is None or key != protocol.reuse_key(config, policy, stage.tokenizer, stage.template, stage.stops):
@@ -364,8 +368,13 @@ def _start_evaluation(workdir: str, start: int, n_eval: int, k: int, evaluate, r
   past it raises ValueError (before and after would not compare).
   """
   path = os.path.join(workdir, report_lib.BEFORE_FILE)
+  report = None
   if os.path.exists(path):
-    report = report_lib.read_report(path)
+    try:
+      report = report_lib.read_report(path)
+    except report_lib.ReportError as e:   # As if it were missing (below).
+      logging.warning("%s", e)
+  if report is not None:
     metrics = report["datasets"]["held_out"]
     if (metrics["n_eval"], metrics["k"]) == (n_eval, k):
       return report, False
@@ -376,8 +385,8 @@ def _start_evaluation(workdir: str, start: int, n_eval: int, k: int, evaluate, r
                        "resume with the eval config it was made with")
     logging.warning("%s: evaluating the starting policy again", problem)
   elif start:
-    logging.warning("%s: no evaluation of the starting policy, and the run resumes at step %d: its report will "
-                    "have no 'before' (rerun the stage from step 0 for one)", path, start)
+    logging.warning("%s: no (readable) evaluation of the starting policy, and the run resumes at step %d: its "
+                    "report will have no 'before' (rerun the stage from step 0 for one)", path, start)
     return None, False
   report = reuse()
   reused = report is not None
