@@ -126,7 +126,8 @@ def grpo(**changes) -> ml_collections.ConfigDict:
       "ref_update_every": 400,
       "bias_update_rate": 0.0,                  # MoE balancing bias; 0 keeps a pretrained balance fixed
       "scale_by_std": True,
-      "max_skipped_updates": 10,                # steps in a row with every update skipped (non-finite) that stop the run; 0: never
+      # Steps in a row with every update skipped (non-finite) that stop the run; 0: never.
+      "max_skipped_updates": 10,
       # When the planned update (r1.tools.plan) does not fit 80% of a device at the split above, use
       # the fastest num_micro_batches / logits_chunk_size that does (logged); False: refuse with that advice.
       "fit_memory": True,

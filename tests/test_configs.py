@@ -41,10 +41,8 @@ def test_config_loads_with_a_known_stage_and_model(name):
     assert f.read().lstrip().startswith('"""'), f"{name} needs a docstring (what, hardware, command)"
 
 
-SECTIONS = {"init": config_sections.init, "tokenizer": config_sections.tokenizer, "rollout": config_sections.rollout,
-            "grpo": config_sections.grpo, "reward_model": config_sections.reward_model,
-            "optimizer": config_sections.optimizer, "eval": config_sections.eval, "checkpoint": config_sections.checkpoint,
-            "log": config_sections.log, "sft": config_sections.sft, "sample": config_sections.sample}
+SECTIONS = {name: getattr(config_sections, name) for name in ("init", "tokenizer", "rollout", "grpo", "reward_model",
+                                                             "optimizer", "eval", "checkpoint", "log", "sft", "sample")}
 
 
 @pytest.mark.parametrize("name", [c for c in CONFIGS if c != "model_report.py"])

@@ -270,8 +270,9 @@ def run(config, workdir: str) -> dict:
   source_policy = common.init_description(config)
 
   examples = choose_prompts(splits.prompt_source(config.data, "train"), s.num_prompts, seed)
+  max_new_tokens = config.rollout.max_new_tokens if s.max_new_tokens is None else s.max_new_tokens
   out = generate_completions(policy, tokenizer, template, examples, k=s.k, batch_size=s.batch_size,
-                             max_new_tokens=config.rollout.max_new_tokens if s.max_new_tokens is None else s.max_new_tokens,
+                             max_new_tokens=max_new_tokens,
                              temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                              stop_tokens=stops, seed=seed, mesh=mesh)
   # Multi-host: this process's prompts only (all of them with one process).
