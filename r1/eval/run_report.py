@@ -12,6 +12,7 @@ table), `samples.md` (completions of the same problems before and after) and `cu
 accuracy, mean response length and KL over the GRPO steps) next to it.
 """
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -34,10 +35,25 @@ _COMPARED = (("pass@1", "pass@1", "pass@1"), ("cons@k", "cons@k", "cons@k"), ("p
              ("truncated", "truncated_frac", "truncated"))
 
 
+# XLA's floating point depends on these and on the CPU: the same seeded run on another jaxlib or
+# processor gives other numbers (the tiny repro's pass@1 moved 0.851 -> 0.745 between two
+# machines with bit-identical code), so a report says what it ran on.
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    return ""
+
+
 def _machine() -> dict:
   devices = jax.devices()
   return {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "num_devices": len(devices),
-          "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+          "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+          "cpu_model": _cpu_model(), "versions": {name: importlib.metadata.version(name) for name in _VERSIONED}}
 
 
 def _write_texts(workdir: str, texts: dict[str, str]) -> None:
@@ -98,8 +114,11 @@ def format_results(summary: dict) -> str:
       lines.append(f"| {title} (tokens) | {b:.1f} | {a:.1f} |")
     else:
       lines.append(f"| {title} | {b:.3f} | {a:.3f} |")
-  lines.append(f"\nWall clock: {summary['wall_seconds'] / 60:.1f} min on {summary['machine']['cpu_count']} "
-               f"{summary['machine']['platform']} cores/devices ({summary['machine']['device_kind']}).")
+  machine = summary["machine"]
+  where = machine["device_kind"] + (f", {machine['cpu_model']}" if machine["cpu_model"] else "")
+  versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
+  lines.append(f"\nWall clock: {summary['wall_seconds'] / 60:.1f} min on {machine['cpu_count']} {machine['platform']} "
+               f"cores/devices ({where}); {versions}.")
   return "\n".join(lines)
 
 

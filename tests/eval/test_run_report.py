@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from r1.eval import run_report as report
@@ -23,7 +24,10 @@ def test_summary_has_the_checked_fields_and_the_gain():
   assert (s["pass@1_before"], s["pass@1_after"], s["cons@k_after"], s["format_reward_after"]) == (0.25, 0.5, 0.6, 1.0)
   assert s["pass@1_gain"] == pytest.approx(0.25) and (s["k"], s["n_eval"], s["seed"]) == (4, 32, 3)
   assert s["machine"]["cpu_count"] >= 1
+  # What XLA's numbers depend on besides the code: the library versions (and the CPU) are recorded.
+  assert s["machine"]["versions"]["jaxlib"] == jax.lib.__version__
   table = report.format_results(s)
+  assert f"jaxlib {jax.lib.__version__}" in table
   assert "| pass@1 (95% CI) | 0.250 [0.150, 0.350] | 0.500 [0.400, 0.600] |" in table
   assert "32 problems x k=4" in table
 
