@@ -39,7 +39,7 @@ def xla_flags_without_fast_compile() -> str:
 
 
 def pytest_configure(config):
-  # README's test command (what CI runs) deselects these: together about 25 min of CPU time, more than
+  # README's test command (what CI runs) deselects these: together about 30 min of CPU time, more than
   # the 30-minute budget on 2 cores has left. Each has a cheaper sibling that CI runs (README).
   config.addinivalue_line("markers", "slow: over CI's time budget; run with `pytest -m slow tests` (README)")
 

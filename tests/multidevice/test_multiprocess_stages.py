@@ -109,6 +109,9 @@ def test_sft_and_grpo_stages_on_two_processes_agree_with_one(tmp_path):
     assert json.load(f)["after"]["datasets"]["held_out"]["n_eval"] == 8
 
 
+# 90 s in a full run; CI runs the kept rows' gather on two processes (below) and the GRPO step on two
+# processes (test_multiprocess.py).
+@pytest.mark.slow
 def test_sample_stage_on_two_processes_agrees_with_one(tmp_path):
   # 12 prompts in sampler batches of 8: the second batch's 4 real prompts are all process 0's rows,
   # so process 1 filters none there (and pads). The random-init policy keeps nothing (min_kept=0),

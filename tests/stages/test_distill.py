@@ -196,7 +196,7 @@ def stage_config(tmp_path, **distill_section):
   c.sft.logits_chunk_size = 64
   c.model.name = "tiny_qwen2"
   if distill_section:
-    c.sft.distill = distill_section
+    c.sft.distill.update(distill_section)   # the fields given; the rest keep their defaults
   return c
 
 

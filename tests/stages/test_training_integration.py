@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GRPO_ONLY = ["--config=configs/tiny_r1_zero.py:quick", "--config.stage=grpo", "--config.total_steps=4",
              "--config.eval.at_start=False", "--config.checkpoint.save_every=1"]
@@ -75,22 +77,13 @@ def test_quick_pipeline_writes_every_output(tmp_path):
   proc = _main(tmp_path, ["--config=configs/tiny_r1_zero.py:quick"])
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0 and out.count("done, skipping") == 2, out + err[-2000:]
-  # Reproducible with its seed: a second run in another workdir gives the same metrics and report.
-  again = tmp_path / "again"
-  proc = _main(again, ["--config=configs/tiny_r1_zero.py:quick"])
-  out, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  for stage in ("0_sft", "1_grpo"):
-    first = {r["step"]: {k: v for k, v in r.items() if k in ("loss", "nll", "grad_norm")} for r in _metrics(tmp_path / stage)}
-    second = {r["step"]: {k: v for k, v in r.items() if k in ("loss", "nll", "grad_norm")} for r in _metrics(again / stage)}
-    assert first == second, stage
-  assert _deterministic(_metrics(tmp_path / "1_grpo")) == _deterministic(_metrics(again / "1_grpo"))
-  with open(again / "report.json") as f:
-    summary_again = json.load(f)
-  checked = [k for k in summary if k.endswith(("_before", "_after"))]
-  assert {k: summary[k] for k in checked} == {k: summary_again[k] for k in checked}
+  # Same seed, same numbers: the (slow) SIGTERM test below runs one GRPO stage three times to equal
+  # metrics, the preemption test the whole pipeline to an equal report, and CI's checkpointer test
+  # (test_checkpoint_manager.py) a resumed run to the uninterrupted one's.
 
 
+# 125 s in a full run; CI runs the checkpointer's real-SIGTERM resume (test_checkpoint_manager.py).
+@pytest.mark.slow
 def test_sigterm_then_rerun_resumes_exactly(tmp_path):
   reference = _main(tmp_path / "reference", GRPO_ONLY)
   _, err = reference.communicate(timeout=600)
