@@ -9,6 +9,8 @@ a training stage's final evaluation the report itself, the eval stage the report
 import json
 import os
 
+from absl import logging
+
 REPORT_FILE = "eval_report.json"
 # The evaluation of a GRPO stage's starting policy, written as soon as it is computed: a preempted
 # run's report needs it, and after step 0 the starting policy is gone.
@@ -69,13 +71,27 @@ class ReportError(ValueError):
 
 
 def read_report(path: str) -> dict:
-  """The report JSON object at `path`; ReportError naming the file and the position if it is not one."""
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  """The report JSON object at `path`; ReportError naming the file (and the position) if it is not one."""
+  with open(path, "rb") as f:
+    data = f.read()
   try:
-    report = json.loads(text)
+    report = json.loads(data.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    raise ReportError(f"{path}: not a report: not UTF-8 at byte {e.start}") from e
   except json.JSONDecodeError as e:
     raise ReportError(f"{path}: not a report: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
   if not isinstance(report, dict):
     raise ReportError(f"{path}: not a report: a JSON {type(report).__name__}, expected an object")
   return report
+
+
+def read_report_if_any(path: str) -> dict | None:
+  """The report at `path`, or None when there is none to use: missing, or damaged (logged as a
+  warning, so the caller evaluates again and nothing is lost)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    return read_report(path)
+  except ReportError as e:
+    logging.warning("%s: evaluating again", e)
+    return None

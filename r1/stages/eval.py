@@ -16,7 +16,6 @@ each process samples its rows of every eval batch and grades the whole set; proc
 import json
 import os
 
-from absl import logging
 import jax
 
 from r1.eval import protocol
@@ -42,17 +41,11 @@ def run(config, workdir: str) -> dict:
   """Evaluates the stage's policy into <workdir>/eval_report.json (reused if up to date); returns it."""
   path = os.path.join(workdir, report_lib.REPORT_FILE)
   settings = stage_settings(config)
-  report = None
-  if os.path.exists(path):
-    try:
-      report = report_lib.read_report(path)
-    except report_lib.ReportError as e:
-      logging.warning("%s: evaluating again", e)
-  if report is not None:
-    if report.get("stage") == settings:
-      print(f"eval: {path} is up to date, not re-evaluating")
-      print(report_lib.format_table(report))
-      return report
+  report = report_lib.read_report_if_any(path)
+  if report is not None and report.get("stage") == settings:
+    print(f"eval: {path} is up to date, not re-evaluating")
+    print(report_lib.format_table(report))
+    return report
   os.makedirs(workdir, exist_ok=True)
   tokenizer, tokenizer_path = common.build_tokenizer(config, workdir)
   # One process evaluates on one device, as it always has; several need the policy on a mesh over

@@ -341,12 +341,8 @@ def _previous_evaluation(stage: Stage, state) -> dict | None:
   config = stage.config
   hf_dir = config.init.hf_dir
   path = os.path.join(os.path.dirname(os.path.normpath(hf_dir)), report_lib.REPORT_FILE) if hf_dir else ""
-  if not path or not os.path.exists(path):
-    return None
-  try:
-    report = report_lib.read_report(path)
-  except report_lib.ReportError as e:
-    logging.warning("%s: evaluating the starting policy instead", e)
+  report = report_lib.read_report_if_any(path) if path else None
+  if report is None:
     return None
   key = report.pop(report_lib.REUSE_KEY, None)
   policy = common.policy_of(stage.model_config, state)
@@ -368,12 +364,7 @@ def _start_evaluation(workdir: str, start: int, n_eval: int, k: int, evaluate, r
   past it raises ValueError (before and after would not compare).
   """
   path = os.path.join(workdir, report_lib.BEFORE_FILE)
-  report = None
-  if os.path.exists(path):
-    try:
-      report = report_lib.read_report(path)
-    except report_lib.ReportError as e:   # As if it were missing (below).
-      logging.warning("%s", e)
+  report = report_lib.read_report_if_any(path)   # A damaged file counts as missing.
   if report is not None:
     metrics = report["datasets"]["held_out"]
     if (metrics["n_eval"], metrics["k"]) == (n_eval, k):

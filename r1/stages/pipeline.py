@@ -82,7 +82,7 @@ def stage_config(config, index: int, previous_workdir: str | None, pinned=(),
 
 
 def _entry(config, field: str, index: int):
-  """config.pipeline.<field>[index], or None when the field or the entry is absent."""
+  """config.pipeline.<field>[index], or None past the end of that tuple (it may list fewer stages)."""
   entries = tuple(config.pipeline[field])
   return entries[index] if index < len(entries) else None
 

@@ -19,12 +19,7 @@ from r1.data.tasks import arithmetic
 from r1.eval import protocol
 from r1.tokenizer import load_tokenizer
 from r1.stages import common
-
-
-
-def _tiny_config():
-  from configs import tiny_r1_zero  # pylint: disable=g-import-not-at-top  (run from the repository root)
-  return tiny_r1_zero.get_config()
+from configs import tiny_r1_zero  # run from the repository root, as the command above is
 
 
 def main():
@@ -33,7 +28,7 @@ def main():
   parser.add_argument("--num_examples", type=int, default=256)
   parser.add_argument("--k", type=int, default=4)
   args = parser.parse_args()
-  config = _tiny_config()
+  config = tiny_r1_zero.get_config()
   examples = list(splits.prompt_source(config.data, "eval"))[:args.num_examples]
   print(f"{'stage':40s} {'pass@1':>7s} {'correct':>8s} {'false column':>13s} {'carry dropped':>14s}")
   for stage_dir in args.stage_dirs:

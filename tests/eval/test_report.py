@@ -16,9 +16,14 @@ def test_a_malformed_report_is_an_error_naming_the_file_and_position(tmp_path):
   path.write_text("[1, 2]")
   with pytest.raises(report_lib.ReportError, match="a JSON list, expected an object"):
     report_lib.read_report(str(path))
+  path.write_bytes(b'{"config": "\xff\xfe"}')
+  with pytest.raises(report_lib.ReportError, match="not UTF-8 at byte 12"):
+    report_lib.read_report(str(path))
+  assert report_lib.read_report_if_any(str(path)) is None                    # damaged: none to use
+  assert report_lib.read_report_if_any(str(tmp_path / "missing.json")) is None
   report = {"config": {"k": 4}, "datasets": {}}
   report_lib.write_report(str(path), report)
-  assert report_lib.read_report(str(path)) == report
+  assert report_lib.read_report(str(path)) == report == report_lib.read_report_if_any(str(path))
 
 
 def test_a_damaged_starting_evaluation_is_evaluated_again(tmp_path):
