@@ -121,11 +121,14 @@ def grpo(**changes) -> ml_collections.ConfigDict:
       "clip_eps": 0.2,
       "clip_eps_high": placeholder(float),      # None: symmetric
       "loss_agg": "seq-mean-token-mean",
-      "num_iterations": 1,                      # mu
-      "num_micro_batches": 1,
-      "ref_update_every": 400,
+      "num_iterations": 1,                      # mu: passes over each rollout
+      "num_mini_batches": 1,                    # M: sequential updates per pass (R1-Zero: 16)
+      "num_micro_batches": 1,                   # gradient accumulation within an update
+      "ref_update_every": 400,                  # rollout steps
       "bias_update_rate": 0.0,                  # MoE balancing bias; 0 keeps a pretrained balance fixed
       "scale_by_std": True,
+      # Truncated importance sampling of the sampler/trainer mismatch, min(pi_old / pi_sampler, C); 0: off.
+      "tis_cap": 0.0,
       # Steps in a row with every update skipped (non-finite) that stop the run; 0: never.
       "max_skipped_updates": 10,
       # When the planned update (r1.tools.plan) does not fit 80% of a device at the split above, use

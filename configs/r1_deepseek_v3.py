@@ -35,7 +35,9 @@ def get_config(arg: str | None = None):
       {"total_steps": 1000, "optimizer": {"learning_rate": 5e-6, "warmup_steps": 50, "schedule": "cosine"}},
       # 2. Reasoning RL: rule-based rewards plus language consistency against language mixing.
       # No reward model here (the paper's reasoning RL is rule-based).
-      {"total_steps": 4000, "rewards": {"accuracy": 1.0, "format": 1.0, "language": 0.1},
+      # Steps are R1-Zero's rollouts of 16 updates (8,192 outputs): 250 = 4,000 updates. The arXiv
+      # paper gives no step counts or mini-batch schedule for R1's RL stages: R1-Zero's are kept.
+      {"total_steps": 250, "rewards": {"accuracy": 1.0, "format": 1.0, "language": 0.1},
        "reward_model": {"path": ""}},
       # 3a. Rejection sampling from the stage-2 policy (defaults in c.sample below).
       {},
@@ -43,7 +45,7 @@ def get_config(arg: str | None = None):
       {"total_steps": 2000, "optimizer": {"learning_rate": 5e-6, "warmup_steps": 50, "schedule": "cosine"}},
       # 4. RL for all scenarios: the rules plus config.reward_model (set it on the command line; an
       # empty path leaves rules only). Setting it here would shadow --config.reward_model.*.
-      {"total_steps": 2000, "grpo": {"clip_eps": 0.2}},
+      {"total_steps": 125, "grpo": {"clip_eps": 0.2}},   # 2,000 updates
       # Evaluation of the final policy.
       {},
   ))

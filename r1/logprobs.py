@@ -16,9 +16,16 @@ from r1.model import ModelConfig, Transformer
 Array = jax.Array
 
 
-def logprobs_from_logits(logits: Array, targets: Array) -> tuple[Array, Array]:
-  """logits f32[..., V], targets int[...] -> (log p(target) f32[...], entropy f32[...] (no gradient))."""
+def logprobs_from_logits(logits: Array, targets: Array, temperature: float = 1.0) -> tuple[Array, Array]:
+  """log_softmax(logits / temperature) at targets, and the entropy of that distribution.
+
+  logits f32[..., V], targets int[...] -> (logprobs f32[...], entropy f32[...] (no gradient)).
+  The temperature is the sampler's (r1.sampling draws from softmax(logits / T)), so the ratio, the
+  KL and the entropy of a GRPO update are those of the distribution the rollouts came from.
+  """
   logits = logits.astype(jnp.float32)
+  if temperature != 1.0:   # Static: at T = 1 the program is the untempered one, bit for bit.
+    logits = logits / temperature
   logz = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   sg = jax.lax.stop_gradient(logits)
@@ -45,25 +52,27 @@ def over_time_chunks(fn, arrays: tuple, chunk_size: int | None) -> tuple:
   return tuple(x.swapaxes(0, 1).reshape(b, n * chunk_size)[:, :t] for x in out)
 
 
-def head_logprobs(config: ModelConfig, params: dict, hidden: Array, targets: Array, chunk_size: int | None = None):
-  """LM head + log-softmax over T in chunks (`over_time_chunks`): never more than f32[B, chunk, V]
-  logits alive. hidden [B, T, D] after the final norm, targets int32[B, T] ->
+def head_logprobs(config: ModelConfig, params: dict, hidden: Array, targets: Array, chunk_size: int | None = None,
+                  temperature: float = 1.0):
+  """LM head + log_softmax(logits / temperature) over T in chunks (`over_time_chunks`): never more
+  than f32[B, chunk, V] logits alive. hidden [B, T, D] after the final norm, targets int32[B, T] ->
   (logprobs f32[B, T], entropy f32[B, T])."""
   model = Transformer(config)
 
   def chunk(h, y):
-    return logprobs_from_logits(model.apply({"params": params}, h, method=lambda m, x: m.head(x)), y)
+    return logprobs_from_logits(model.apply({"params": params}, h, method=lambda m, x: m.head(x)), y, temperature)
 
   return over_time_chunks(chunk, (hidden, targets), chunk_size)
 
 
 def forward(config: ModelConfig, params, moe_bias, tokens, positions, segment_ids, targets, *,
-            chunk_size: int | None = None, return_mtp: bool = False):
-  """Policy forward -> (logprobs f32[B, T] of targets, entropy f32[B, T], ModelOutput without logits)."""
+            chunk_size: int | None = None, return_mtp: bool = False, temperature: float = 1.0):
+  """Policy forward -> (logprobs f32[B, T] of targets under softmax(logits / temperature), entropy
+  f32[B, T], ModelOutput without logits)."""
   variables = {"params": params, "moe_bias": moe_bias} if moe_bias else {"params": params}
   out = Transformer(config).apply(variables, tokens, positions, segment_ids, return_logits=False,
                                   return_mtp=return_mtp)
-  logprobs, entropy = head_logprobs(config, params, out.hidden, targets, chunk_size)
+  logprobs, entropy = head_logprobs(config, params, out.hidden, targets, chunk_size, temperature)
   return logprobs, entropy, out
 
 

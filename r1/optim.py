@@ -13,12 +13,18 @@ Array = jax.Array
 
 def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: int | None = None,
                    schedule: str = "cosine", end_factor: float = 0.0, b1: float = 0.9, b2: float = 0.95,
-                   eps: float = 1e-8, weight_decay: float = 0.1, max_grad_norm: float | None = 1.0):
+                   eps: float = 1e-8, weight_decay: float = 0.1, max_grad_norm: float | None = 1.0,
+                   updates_per_step: int = 1):
   """Global-norm clipping then AdamW with linear warmup and a cosine / linear / constant schedule.
 
-  Weight decay applies to matrices only (ndim >= 2), not to norm scales.
-  Returns (optax.GradientTransformation, schedule: step -> learning rate).
+  warmup_steps and decay_steps count training steps of `updates_per_step` optimizer updates each
+  (a GRPO rollout step makes mu x M updates: r1.grpo.make_grpo_step): the learning rate is held
+  over a step's updates and the schedule spans the run whatever mu and M are (verl steps its
+  scheduler once per rollout, likewise). Weight decay applies to matrices only (ndim >= 2).
+  Returns (optax.GradientTransformation, schedule: update count -> learning rate).
   """
+  if updates_per_step < 1:
+    raise ValueError(f"updates_per_step must be >= 1, got {updates_per_step}")
   if schedule not in ("cosine", "linear", "constant"):
     raise ValueError(f"schedule={schedule!r}: expected cosine, linear or constant")
   if schedule == "constant" or decay_steps is None:
@@ -30,6 +36,9 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: 
   # Warmup reaches lr at update warmup_steps - 1 and starts at lr / warmup_steps, not 0 (a wasted update).
   warmup = optax.linear_schedule(learning_rate / max(warmup_steps, 1), learning_rate, max(warmup_steps - 1, 1))
   lr = optax.join_schedules([warmup, decay], [warmup_steps]) if warmup_steps else decay
+  if updates_per_step > 1:
+    per_step = lr
+    lr = lambda count: per_step(count // updates_per_step)  # pylint: disable=unnecessary-lambda-assignment
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   tx = optax.chain(
       optax.clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),

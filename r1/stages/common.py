@@ -341,10 +341,11 @@ class TrainingSetup:
   state_shardings: Any        # None without a mesh
 
 
-def training_setup(config, workdir: str, *, with_reference: bool) -> TrainingSetup:
+def training_setup(config, workdir: str, *, with_reference: bool, updates_per_step: int = 1) -> TrainingSetup:
   """The tokenizer, prompt template, mesh and starting policy of a training stage, its optimizer
-  (config.optimizer; the schedule spans config.total_steps) and its train state, placed by the
-  mesh's shardings (with a frozen reference copy when `with_reference`)."""
+  (config.optimizer; warmup and schedule count the stage's steps, config.total_steps of them, of
+  `updates_per_step` optimizer updates each) and its train state, placed by the mesh's shardings
+  (with a frozen reference copy when `with_reference`)."""
   os.makedirs(workdir, exist_ok=True)
   tokenizer, tokenizer_path = build_tokenizer(config, workdir)
   mesh = build_mesh(config)
@@ -352,7 +353,7 @@ def training_setup(config, workdir: str, *, with_reference: bool) -> TrainingSet
   o = config.optimizer
   optimizer, schedule = optim.make_optimizer(
       o.learning_rate, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, schedule=o.schedule,
-      weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2)
+      weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, b2=o.b2, updates_per_step=updates_per_step)
   state = train_state.init_train_state(policy.variables, optimizer, with_reference=with_reference)
   state_shardings = None
   if mesh is not None:

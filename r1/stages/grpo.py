@@ -93,14 +93,19 @@ def build(config, workdir: str) -> tuple[Stage, train_state.TrainState, int, dic
   """The stage and its train state, resumed from the last checkpoint if there is one. Returns
   (stage, state, start step, the checkpoint's metadata: {} for a fresh run)."""
   gc = config.grpo
-  setup = common.training_setup(config, workdir, with_reference=gc.kl_coef > 0)
+  # Warmup, decay and the reference refresh count rollout steps (mu x M updates each).
+  setup = common.training_setup(config, workdir, with_reference=gc.kl_coef > 0,
+                                updates_per_step=gc.num_iterations * gc.num_mini_batches)
   tokenizer, template, mesh, state = setup.tokenizer, setup.template, setup.mesh, setup.state
   mc = setup.policy.config
   num_micro_batches, logits_chunk_size = common.update_split(config, mesh, mc)
+  temperature = config.rollout.temperature
   update = grpo.make_grpo_step(
       mc, setup.optimizer, setup.schedule, clip_eps=gc.clip_eps, clip_eps_high=gc.clip_eps_high, kl_coef=gc.kl_coef,
-      loss_agg=gc.loss_agg, num_iterations=gc.num_iterations, num_micro_batches=num_micro_batches,
-      ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate,
+      loss_agg=gc.loss_agg, max_completion_length=config.rollout.max_new_tokens, temperature=temperature,
+      group_size=config.rollout.num_samples, scale_by_std=gc.scale_by_std, num_iterations=gc.num_iterations,
+      num_mini_batches=gc.num_mini_batches, num_micro_batches=num_micro_batches, shuffle_seed=config.seed,
+      tis_cap=gc.tis_cap, ref_update_every=gc.ref_update_every, bias_update_rate=gc.bias_update_rate,
       logits_chunk_size=logits_chunk_size, state_shardings=setup.state_shardings, mesh=mesh)
 
   # This process's rows of each global batch of config.data.batch_size prompts (all of them with
@@ -122,9 +127,10 @@ def build(config, workdir: str) -> tuple[Stage, train_state.TrainState, int, dic
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
   # The reference forward is dispatched right after generation and runs on the device while the
   # host decodes and scores (JAX dispatch is asynchronous); the step then skips it.
+  # Same temperature and pieces as the step's own reference forward: the same bits.
   reference_fn = grpo.make_reference_logprobs_fn(
-      mc, num_micro_batches=num_micro_batches, logits_chunk_size=logits_chunk_size,
-      mesh=mesh) if gc.kl_coef else None
+      mc, temperature=temperature, num_micro_batches=num_micro_batches * gc.num_mini_batches,
+      logits_chunk_size=logits_chunk_size, mesh=mesh) if gc.kl_coef else None
   stage = Stage(config=config, workdir=workdir, tokenizer=tokenizer, tokenizer_path=setup.tokenizer_path,
                 template=template, stops=common.stop_tokens(config, tokenizer), mesh=mesh, model_config=mc, update=update,
                 reference_fn=reference_fn, reward_model=reward_model, batches=batches, shard=shard, ckpt=ckpt,
@@ -142,25 +148,20 @@ def evaluate(stage: Stage, state, step: int) -> dict:
 
 
 def update(stage: Stage, state, rounds: list[dict]) -> tuple[Any, dict, dict, float]:
-  """The step's batch from its rounds (group advantages, pi_old, the reference), and the fused
-  update. Returns (new state, the step's device metrics, the kept round, the update's seconds)."""
-  config, gc, g = stage.config, stage.config.grpo, stage.config.rollout.num_samples
-  # The overlapped reference logprobs fit the batch when it is the first round as is.
-  ref_logprobs = rounds[0].pop("ref_logprobs", None) if len(rounds) == 1 else None
-  for r in rounds:
-    r.pop("ref_logprobs", None)
-  rnd = rollout.take_groups(rounds, stage.shard["batch_size"], g, config.rollout.dynamic_sampling)
+  """The step's batch from its rounds (rewards, the sampler's logprobs, the reference), and the
+  fused update (which computes the group advantages and pi_old). Returns (new state, the step's
+  device metrics, the kept round, the update's seconds)."""
+  config, g = stage.config, stage.config.rollout.num_samples
+  rnd, ref_logprobs = rollout.take_groups_and_reference(rounds, stage.shard["batch_size"], g,
+                                                        config.rollout.dynamic_sampling)
   prompt_tokens, prompt_mask = rollout.pad_host_prompts(rnd["prompts"])
-  # With mu > 1 the later iterations need pi_old: the sampler's logprobs are exactly that at
-  # temperature 1 (the paper's rollouts). At mu = 1, or another temperature, the first
-  # iteration's own logprobs serve, which makes the ratio exactly 1 (as in TRL).
-  use_sampler_logprobs = gc.num_iterations > 1 and config.rollout.temperature == 1.0
-  old = rnd["logprobs"] if use_sampler_logprobs else None
+  # The sampler's logprobs go in as what they are: the train/inference mismatch is measured
+  # against them; pi_old is the training forward's (the step's first forward).
   gb = rollout.grpo_batch(prompt_tokens, prompt_mask, rnd["completions"],
-                          rollout.loss_mask(config, rnd["mask"], rnd["stopped"]), old, g)
+                          rollout.loss_mask(config, rnd["mask"], rnd["stopped"]), rnd["logprobs"], g)
   if ref_logprobs is not None:
     gb["ref_logprobs"] = ref_logprobs
-  gb["advantages"] = np.asarray(grpo.group_advantages(jnp.asarray(rnd["total"]), g, scale_by_std=gc.scale_by_std))
+  gb["rewards"] = np.asarray(rnd["total"], np.float32)
   t = time.perf_counter()
   state, step_metrics = stage.update(state, common.place_batch(gb, stage.mesh))
   step_metrics = jax.device_get(step_metrics)

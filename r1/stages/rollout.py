@@ -7,7 +7,7 @@ sequence per row, prompt then completion, with the logprob at position t scoring
   segment_ids     1 on real prompt tokens and on generated tokens (mask), 0 elsewhere
   positions       0 at the first real token, counting through the completion
   completion_mask 1 at position P - 1 + j iff c_j was generated (its target is c_j)
-  old_logprobs    the sampler's logprob of c_j at that same position
+  sampler_logprobs the sampler's logprob of c_j at that same position
 
 Rows stay grouped by prompt (row b * G + g), as `grpo.group_advantages` expects. `rollout_round`
 samples and scores one batch of prompts with the GRPO stage's policy; `rollout_rounds` are a step's.
@@ -15,6 +15,8 @@ samples and scores one batch of prompts with the GRPO stage's policy; `rollout_r
 
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from r1 import sampling, sharding
@@ -29,11 +31,10 @@ def grpo_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completions: 
   Args:
     prompt_tokens: int32[B, P] left-padded; prompt_mask: bool[B, P].
     completions: int32[B*G, N]; completion_mask: bool[B*G, N] (generated tokens, stop included).
-    completion_logprobs: f32[B*G, N] from the sampler (at temperature 1 these are the old-policy
-      logprobs), or None.
+    completion_logprobs: f32[B*G, N] from the sampler (of softmax(logits / T)), or None.
     num_samples: G.
   Returns:
-    {"tokens", "positions", "segment_ids", "completion_mask", "old_logprobs"?} arrays [B*G, P + N].
+    {"tokens", "positions", "segment_ids", "completion_mask", "sampler_logprobs"?} arrays [B*G, P + N].
   """
   g = num_samples
   p = prompt_tokens.shape[1]
@@ -51,7 +52,7 @@ def grpo_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, completions: 
   if completion_logprobs is not None:
     old = np.zeros((len(tokens), p + n), np.float32)
     old[:, p - 1:p - 1 + n] = np.where(cmask, completion_logprobs, 0.0)
-    batch["old_logprobs"] = old
+    batch["sampler_logprobs"] = old
   return batch
 
 
@@ -108,22 +109,28 @@ def informative_groups(total: np.ndarray, num_samples: int) -> np.ndarray:
   return groups.max(axis=1) > groups.min(axis=1)
 
 
-def take_groups(rounds: list[dict], num_groups: int, num_samples: int, dynamic: bool) -> dict:
-  """Assembles a fixed-size batch of `num_groups` groups from one or more rollout rounds.
-
-  Each round is a dict of per-row arrays/lists ([B*G] leading) plus per-group lists ([B]: the
-  keys "prompts" and "examples"). Without dynamic sampling the first round is used as is; with it,
-  informative groups come first (in round order), then zero-variance ones fill what is left, so
-  shapes stay static even when the extra rounds run out.
-  """
-  if not dynamic:
-    return rounds[0]
+def chosen_groups(rounds: list[dict], num_groups: int, num_samples: int) -> list[tuple[int, int]]:
+  """(round, group) of each group dynamic sampling keeps: informative groups first (in round
+  order), then zero-variance ones fill what is left, `num_groups` in all while the rounds last."""
   chosen = []
   for informative_first in (True, False):
     for r, rnd in enumerate(rounds):
       for b, keep in enumerate(informative_groups(rnd["total"], num_samples)):
         if keep == informative_first and len(chosen) < num_groups:
           chosen.append((r, b))
+  return chosen
+
+
+def take_groups(rounds: list[dict], num_groups: int, num_samples: int, dynamic: bool) -> dict:
+  """Assembles a fixed-size batch of `num_groups` groups from one or more rollout rounds.
+
+  Each round is a dict of per-row arrays/lists ([B*G] leading) plus per-group lists ([B]: the
+  keys "prompts" and "examples"). Without dynamic sampling the first round is used as is; with it,
+  the groups of `chosen_groups`, so shapes stay static even when the extra rounds run out.
+  """
+  if not dynamic:
+    return rounds[0]
+  chosen = chosen_groups(rounds, num_groups, num_samples)
   out = {}
   for key in rounds[0]:
     if key in ("prompts", "examples"):
@@ -135,6 +142,28 @@ def take_groups(rounds: list[dict], num_groups: int, num_samples: int, dynamic: 
       rows = [rounds[r][key][b * num_samples:(b + 1) * num_samples] for r, b in chosen]
       out[key] = np.concatenate(rows) if isinstance(rows[0], np.ndarray) else [x for row in rows for x in row]
   return out
+
+
+def take_groups_and_reference(rounds: list[dict], num_groups: int, num_samples: int, dynamic: bool):
+  """`take_groups`, and the first round's overlapped reference logprobs (a device array, or None)
+  in the kept batch's row order, or None where the step must compute them itself.
+
+  Dynamic sampling moves the informative groups first even with no extra round, so the
+  reference's rows are taken in that same order (one process; with several, each process reorders
+  its own groups of a global array, so the step recomputes the reference instead). Groups from
+  later rounds have no overlapped reference: the step computes it.
+  """
+  ref = rounds[0].pop("ref_logprobs", None)
+  for r in rounds[1:]:
+    r.pop("ref_logprobs", None)
+  rnd = take_groups(rounds, num_groups, num_samples, dynamic)
+  if ref is None or not dynamic:
+    return rnd, ref
+  chosen = chosen_groups(rounds, num_groups, num_samples)
+  if any(r for r, _ in chosen) or jax.process_count() > 1:
+    return rnd, None
+  rows = np.concatenate([np.arange(b * num_samples, (b + 1) * num_samples) for _, b in chosen]).astype(np.int32)
+  return rnd, jnp.take(ref, jnp.asarray(rows), axis=0)
 
 
 # --- Rounds: sampling and scoring a batch of prompts ---------------------------------------------

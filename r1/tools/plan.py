@@ -140,7 +140,9 @@ def workload_of(config) -> Workload:
   g, n = config.rollout.num_samples, config.rollout.max_new_tokens
   p = bucket_length(max(config.data.length_buckets))
   gc = config.grpo
-  return Workload("grpo", config.data.batch_size * g, gc.num_micro_batches, p + n, gc.logits_chunk_size,
+  # One update takes one of the rollout's num_mini_batches mini-batches (r1.grpo.make_grpo_step).
+  return Workload("grpo", config.data.batch_size * g // gc.num_mini_batches, gc.num_micro_batches, p + n,
+                  gc.logits_chunk_size,
                   gc.kl_coef > 0, prompts=config.data.batch_size, samples=g, prompt_len=p, max_new_tokens=n)
 
 

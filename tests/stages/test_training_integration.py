@@ -49,6 +49,11 @@ def test_quick_pipeline_writes_every_output(tmp_path):
   assert {"reward", "kl", "entropy", "clip_ratio/low_mean", "completions/mean_length", "time/generate",
           "compiles/decode", "reflection/any", "reflection/wait"} <= set(grpo[-1])
   assert 0.0 <= grpo[-1]["reflection/any"] <= 1.0
+  # The train/inference mismatch of every step: the sampler's logprobs against the training
+  # forward's at the same parameters. float32 on one CPU: the two computations agree closely.
+  for row in grpo:
+    assert 0.0 <= row["mismatch/abs_mean"] <= row["mismatch/abs_max"] < 1e-2, row
+    assert 0.0 <= row["mismatch/kl"] < 1e-4, row
   with open(tmp_path / "1_grpo" / "eval_report.json") as f:
     report = json.load(f)
   assert 0.0 <= report["after"]["datasets"]["held_out"]["pass@1"] <= 1.0
