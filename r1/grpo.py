@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from r1 import logprobs as logprobs_lib
-from r1.logprobs import logprobs_from_logits  # noqa: F401  (public here: the step's log_softmax(logits / T))
 from r1 import train_state
 from r1.model import ModelConfig
 
 Array = jax.Array
+
+# log_softmax(logits / temperature) at the targets, and its entropy: what every logprob of the step is.
+logprobs_from_logits = logprobs_lib.logprobs_from_logits
 
 LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
@@ -300,7 +302,7 @@ def reference_logprobs(config: ModelConfig, ref_params, moe_bias, batch, *, temp
 
 def make_reference_logprobs_fn(config: ModelConfig, *, temperature: float = 1.0, num_micro_batches: int = 1,
                                logits_chunk_size: int | None = None, mesh=None):
-  """The reference forward on its own, jitted: fn(ref_params, moe_bias, batch) -> f32[B, T].
+  """The reference forward on its own, jitted: fn(ref_params, ref_moe_bias, batch) -> f32[B, T].
 
   batch needs tokens, positions, segment_ids [B, T] (the GRPO batch layout). It computes exactly
   what the GRPO step computes when batch has no "ref_logprobs"; dispatching it before the rewards
@@ -381,9 +383,9 @@ def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float 
       logged against pi_old as the train/inference mismatch (`mismatch_metrics`), and with
       tis_cap > 0 the truncated importance weight min(pi_old / pi_sampler, tis_cap) (required then).
     old_logprobs: optional f32[B, T], pi_old given rather than computed.
-    ref_logprobs: optional f32[B, T]; else computed from state.ref_params when kl_coef != 0 (routed
-      with the current balancing bias: the bias is routing state, not a parameter the reference copies),
-      in num_micro_batches x num_mini_batches pieces (make_reference_logprobs_fn with that split
+    ref_logprobs: optional f32[B, T]; else computed from state.ref_params when kl_coef != 0, routed
+      with state.ref_moe_bias (the balancing bias the reference was copied with: pi_ref stays fixed
+      between refreshes while the policy's bias moves), in num_micro_batches x num_mini_batches pieces (make_reference_logprobs_fn with that split
       computes the same bits ahead of the step).
 
   Args:
@@ -466,7 +468,7 @@ def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float 
         if state.ref_params is None:
           raise ValueError("kl_coef != 0 needs state.ref_params (train_state.init_train_state(with_reference=True)) "
                            "or batch['ref_logprobs']")
-        ref_lp = reference_logprobs(config, state.ref_params, state.moe_bias, batch, **forward_kw)
+        ref_lp = reference_logprobs(config, state.ref_params, state.ref_moe_bias, batch, **forward_kw)
       rows["ref_logprobs"] = ref_lp
     if "old_logprobs" in batch:
       rows["old_logprobs"] = batch["old_logprobs"]

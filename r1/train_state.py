@@ -7,7 +7,7 @@
 
 An update accumulates gradients over micro-batches with `lax.scan` (`accumulate_gradients`), clips
 by global norm, applies AdamW, moves the aux-loss-free balancing bias by the forward's expert load,
-refreshes the reference every `ref_update_every` updates, and is skipped whole (counted) if the
+refreshes the reference (parameters and balancing bias) every `ref_update_every` updates, and is skipped whole (counted) if the
 loss or a gradient is not finite (`apply_update`). Before it is traced, an unsharded update that
 one device cannot hold is refused with the split that fits (`refuse_update_that_cannot_fit`).
 """
@@ -32,12 +32,19 @@ Array = jax.Array
 @flax.struct.dataclass
 class TrainState:
   """step int32[] updates applied; params; moe_bias ({} without noaux_tc routing); opt_state (optax);
-  ref_params (a frozen copy of params, or None without a KL term); skipped_steps int32[]."""
+  ref_params, ref_moe_bias (the reference policy: frozen copies of both, taken together, or None
+  without a KL term); skipped_steps int32[].
+
+  The reference keeps the balancing bias it was copied with: the bias decides which experts a
+  token goes to, so routing the reference with the policy's moving bias would move pi_ref between
+  refreshes.
+  """
   step: Array
   params: dict
   moe_bias: dict
   opt_state: Any
   ref_params: dict | None
+  ref_moe_bias: dict | None
   skipped_steps: Array
 
 
@@ -47,9 +54,10 @@ def init_train_state(variables: dict, optimizer, *, with_reference: bool = True)
   The reference is a copy into fresh buffers, never an alias of the policy's.
   """
   params = variables["params"]
-  ref = jax.tree.map(lambda x: x.copy(), params) if with_reference else None
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, moe_bias=variables.get("moe_bias", {}),
-                    opt_state=jax.jit(optimizer.init)(params), ref_params=ref,
+  moe_bias = variables.get("moe_bias", {})
+  copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree) if with_reference else None  # pylint: disable=unnecessary-lambda-assignment
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, moe_bias=moe_bias,
+                    opt_state=jax.jit(optimizer.init)(params), ref_params=copy(params), ref_moe_bias=copy(moe_bias),
                     skipped_steps=jnp.zeros((), jnp.int32))
 
 
@@ -64,8 +72,10 @@ def train_state_shardings(config: ModelConfig, optimizer, mesh, *, with_referenc
   opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, params_sh,
                                  transform_non_params=lambda _: replicated,
                                  is_leaf=lambda x: isinstance(x, NamedSharding))
-  return TrainState(step=replicated, params=params_sh, moe_bias=var_sh.get("moe_bias", {}), opt_state=opt_sh,
-                    ref_params=params_sh if with_reference else None, skipped_steps=replicated)
+  bias_sh = var_sh.get("moe_bias", {})
+  return TrainState(step=replicated, params=params_sh, moe_bias=bias_sh, opt_state=opt_sh,
+                    ref_params=params_sh if with_reference else None,
+                    ref_moe_bias=bias_sh if with_reference else None, skipped_steps=replicated)
 
 
 # --- Accumulation and the update -------------------------------------------------------------
@@ -151,8 +161,9 @@ def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimiz
     # rounded the copy a few ulps away from the policy.
     refresh = finite & (step % ref_update_every == 0)
     params = jax.lax.optimization_barrier(new.params)
-    new = new.replace(params=params, ref_params=jax.tree.map(lambda p, r: jnp.where(refresh, p, r), params,
-                                                             state.ref_params))
+    take = lambda new_tree, ref_tree: jax.tree.map(lambda p, r: jnp.where(refresh, p, r), new_tree, ref_tree)  # pylint: disable=unnecessary-lambda-assignment
+    new = new.replace(params=params, ref_params=take(params, state.ref_params),
+                      ref_moe_bias=take(new.moe_bias, state.ref_moe_bias))
   metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
              "skipped": (~finite).astype(jnp.float32)}
   metrics.update(optim.expert_load_metrics(expert_load, config, with_mtp))

@@ -2,5 +2,7 @@
 `r1.grpo.make_grpo_step` (the GRPO update lives with the GRPO loss), and the SFT and distillation
 steps are r1.sft's. Import from r1.grpo / r1.sft in new code."""
 
-from r1.grpo import make_grpo_step  # noqa: F401  (re-exported)
-from r1.sft import make_sft_step  # noqa: F401  (re-exported)
+from r1.grpo import make_grpo_step
+from r1.sft import make_sft_step
+
+__all__ = ["make_grpo_step", "make_sft_step"]

@@ -272,3 +272,26 @@ def test_k3_kl_past_the_clamp_still_pulls_a_collapsed_token_back():
   g = jax.grad(lambda x: grpo.grpo_loss(x, jax.lax.stop_gradient(x), ref, jnp.zeros(1), jnp.ones((1, 2)),
                                         kl_coef=0.001)[0])(lp)
   assert float(g[0, 0]) < -1e3
+
+
+def test_reference_keeps_the_balancing_bias_it_was_copied_with(variables):
+  """The policy's balancing bias moves every update; the reference is routed with its own copy,
+  taken with its parameters at each refresh, so pi_ref is fixed between refreshes."""
+  opt, sched = optim.make_optimizer(1e-3, decay_steps=None)
+  step = grpo.make_grpo_step(CONFIG, opt, sched, group_size=G, kl_coef=0.04, ref_update_every=2, bias_update_rate=0.05)
+  state = train_state.init_train_state(jax.tree.map(jnp.copy, variables), opt, with_reference=True)
+  bias = lambda tree: np.asarray(tree["layers_1"]["mlp"]["e_score_correction_bias"])  # pylint: disable=unnecessary-lambda-assignment
+  batch = {k: jnp.asarray(v) for k, v in make_batch(seed=7).items()}
+  state, _ = step(state, batch)
+  assert np.abs(bias(state.moe_bias)).max() > 0                       # the policy's bias moved
+  np.testing.assert_array_equal(bias(state.ref_moe_bias), bias(variables["moe_bias"]))   # the reference's did not
+  # The KL term is computed with the reference's bias: with the policy's own parameters as the
+  # reference, a reference bias that routes differently gives a KL, the policy's bias none.
+  same = state.replace(ref_params=jax.tree.map(jnp.copy, state.params), ref_moe_bias=jax.tree.map(jnp.copy, state.moe_bias))
+  _, m_same = step(jax.tree.map(jnp.copy, same), batch)
+  skewed = jax.tree.map(lambda b: b.at[0].set(100.0), state.moe_bias)   # every token to expert 0
+  _, m_skewed = step(jax.tree.map(jnp.copy, same.replace(ref_moe_bias=skewed)), batch)
+  assert float(m_same["kl"]) < 1e-6 < float(m_skewed["kl"])
+  # A refresh copies both.
+  state, _ = step(state, batch)
+  np.testing.assert_array_equal(bias(state.ref_moe_bias), bias(state.moe_bias))

@@ -153,8 +153,8 @@ def test_overlapped_reference_logprobs_give_the_same_step(variables, grpo_step):
   state = fresh_state(variables)
   state, _ = grpo_step(state, make_batch(seed=7))   # params != reference from here
   reference_fn = grpo.make_reference_logprobs_fn(CONFIG, num_micro_batches=2, logits_chunk_size=5)
-  ref_lp = reference_fn(state.ref_params, state.moe_bias, batch)
-  lp, _ = full_logprobs({"params": state.ref_params, "moe_bias": state.moe_bias}, batch)
+  ref_lp = reference_fn(state.ref_params, state.ref_moe_bias, batch)
+  lp, _ = full_logprobs({"params": state.ref_params, "moe_bias": state.ref_moe_bias}, batch)
   mask = np.asarray(batch["segment_ids"])[:, 1:].astype(bool) & np.asarray(batch["segment_ids"])[:, :-1].astype(bool)
   np.testing.assert_allclose(np.asarray(ref_lp)[:, :-1][mask], lp[:, :-1][mask], atol=2e-5)
   inside, m_inside = grpo_step(jax.tree.map(jnp.copy, state), batch)

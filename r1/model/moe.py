@@ -115,6 +115,11 @@ class MoE(nn.Module):
     weights, experts = route(tokens.astype(jnp.float32) @ router, bias, c)
     load = jnp.zeros((e,), jnp.int32).at[experts.reshape(-1)].add(
         jnp.repeat(token_mask.reshape(-1), k).astype(jnp.int32))
+    if c.capacity_factor is not None and c.moe_impl != "ragged":
+      # Padding (left-padded prompts, tokens after EOS) takes no expert capacity: its assignments
+      # go to no expert (id E, dropped by both kernels), so the real tokens are the ones kept,
+      # however much padding a batch has.
+      experts = jnp.where(token_mask.reshape(-1, 1), experts, e)
     mesh = moe_ep.expert_parallel_mesh(b) if c.moe_impl == "ep" else None
     if mesh is not None:
       y = moe_ep.expert_parallel_moe(
@@ -128,7 +133,8 @@ class MoE(nn.Module):
     return y, load
 
   def _routed_single_device(self, tokens, weights, experts, wi_gate, wi_up, wo):
-    """The einsum or ragged kernel: tokens [N, D], weights f32[N, K], experts int32[N, K] -> [N, D]."""
+    """The einsum or ragged kernel: tokens [N, D], weights f32[N, K], experts int32[N, K] -> [N, D].
+    An expert id of E (padding, with a capacity factor) sorts last and is dropped (output 0)."""
     c = self.config
     cd = jnp.dtype(c.dtype)
     n, d = tokens.shape

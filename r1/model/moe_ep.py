@@ -82,7 +82,8 @@ def expert_parallel_moe(x: Array, weights: Array, experts: Array, wi_gate: Array
 
   Args:
     x: [B, T, D] tokens in the compute dtype (sharded over the batch axes).
-    weights: f32[B, T, K] routing weights; experts: int32[B, T, K] routed expert ids.
+    weights: f32[B, T, K] routing weights; experts: int32[B, T, K] routed expert ids (E: none, a
+      padding token's with a capacity factor: dropped, output 0).
     wi_gate, wi_up: [E, D, F]; wo: [E, F, D], in the compute dtype.
     mesh: a mesh (or abstract mesh) whose `expert` axis shards the batch; see `expert_parallel_mesh`.
     capacity: rows per expert over all B*T tokens (capacity factor), or None for dropless.
@@ -123,7 +124,7 @@ def expert_parallel_moe(x: Array, weights: Array, experts: Array, wi_gate: Array
       counts = jax.lax.all_gather(local_counts, token_axes)             # [token shards, E]
       me = jax.lax.axis_index(token_axes)
       offset = jnp.where(jnp.arange(counts.shape[0])[:, None] < me, counts, 0).sum(0)
-      keep = offset[flat] + local_rank < capacity
+      keep = (flat < e) & (offset[flat] + local_rank < capacity)   # id e: padding, no capacity
     dest = jnp.where(keep, flat // e_loc, ep)                        # ep: dropped
     send_rank, send_counts = _rank_in_group(dest, ep)
     local_expert = flat % e_loc

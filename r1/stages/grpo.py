@@ -45,7 +45,6 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from r1 import grpo, metrics as metrics_lib, sampling, train_state

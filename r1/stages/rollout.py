@@ -214,7 +214,7 @@ def rollout_round(stage, state, step: int, batch: dict, seed: int, dispatch_refe
     layout = grpo_batch(*pad_host_prompts(prompts), rnd["completions"],
                                 loss_mask(config, rnd["mask"], rnd["stopped"]), None, g)
     layout = {k: layout[k] for k in ("tokens", "positions", "segment_ids")}
-    rnd["ref_logprobs"] = stage.reference_fn(state.ref_params, state.moe_bias, common.place_batch(layout, mesh))
+    rnd["ref_logprobs"] = stage.reference_fn(state.ref_params, state.ref_moe_bias, common.place_batch(layout, mesh))
   t = time.perf_counter()
   rnd["texts"] = decode_completions(stage.tokenizer, rnd["completions"], rnd["lengths"],
                                             drop_final=[stage.tokenizer.eos_id])

@@ -109,6 +109,23 @@ def test_moe_kernels_agree_and_capacity_drops():
   assert int(load_masked.sum()) == 24 * c.num_experts_per_tok
 
 
+def test_padding_takes_no_expert_capacity():
+  """Eight identical tokens, the first four left padding: all pick the same K experts. Capacity
+  4 per expert holds exactly the real tokens; padding ranked first under the stable sort and used
+  to take all of it, dropping every real token's routed output."""
+  c = get_model_config("tiny_v3")
+  x = jnp.broadcast_to(jax.random.normal(jax.random.key(0), (1, 1, c.hidden_size)), (1, 8, c.hidden_size))
+  mask = jnp.asarray([[False] * 4 + [True] * 4])
+  variables = nn.unbox(moe.MoE(c).init(jax.random.key(1), x, mask))
+  capped = c.replace(capacity_factor=2.0)
+  assert moe.expert_capacity(8, capped) == 4
+  dropless, _ = _moe_apply(c, x, mask, variables)
+  for impl in ("einsum", "ep"):   # "ep" without an expert mesh is the einsum kernel
+    y, _ = _moe_apply(capped.replace(moe_impl=impl), x, mask, variables)
+    np.testing.assert_allclose(np.asarray(y)[0, 4:], np.asarray(dropless)[0, 4:], atol=1e-6)
+    assert np.abs(np.asarray(y)[0, :4]).max() > 0   # padding keeps its shared-expert output only
+
+
 def test_packed_segments_equal_separate_sequences():
   """Two examples packed in one row (segment ids, restarting positions) = each run alone."""
   c = get_model_config("tiny_v3")
