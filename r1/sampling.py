@@ -11,9 +11,9 @@ shared RoPE key, (kv_lora_rank + qk_rope_head_dim) values per token per layer; f
 students (Qwen2, Llama) the keys and values of the K/V heads (config.cache_entry_shapes).
 
 Log-probabilities. `logprobs[i, t]` is log softmax(logits / temperature)[token], the tempered
-distribution *before* top-k / top-p truncation: the quantity a GRPO trainer recomputes (as
-`log_softmax(logits / temperature)`) for its old-policy ratio. With temperature 0 (greedy) the
-untempered log softmax(logits) is reported.
+distribution *before* top-k / top-p truncation: what r1.grpo's step computes with the training
+forward at the same temperature (its pi_old), which logs the difference between the two as the
+train/inference mismatch. With temperature 0 (greedy) the untempered log softmax(logits) is reported.
 
 Shapes are static: prompts are left-padded to a length bucket, so a run compiles one prefill and
 one decode program per (batch, bucket, G, max_new_tokens); `compile_count()` says how many.

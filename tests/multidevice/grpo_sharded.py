@@ -33,7 +33,7 @@ def make_batch():
   mask[::3, -3:] = 0
   rewards = rng.integers(0, 2, B).astype(np.float32)
   return {"tokens": tokens * seg, "positions": np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy(),
-          "segment_ids": seg, "completion_mask": mask,
+          "segment_ids": seg, "completion_mask": mask, "rewards": rewards,
           "advantages": np.asarray(grpo.group_advantages(jnp.asarray(rewards), G))}
 
 
@@ -68,9 +68,13 @@ def run(config, variables, batch, mesh=None):
   else:
     with sharding.mesh_context(mesh):
       loss, g = jax.jit(grads)(state.params, state.moe_bias, batch)
-  step = grpo.make_grpo_step(config, opt, sched, **KW, state_shardings=state_sh, mesh=mesh)
-  state, metrics = step(state, batch)
-  state, metrics = step(state, batch)   # second update: Adam moments and the moved bias in play
+  # The paper's schedule: advantages from the rewards inside the step, logprobs at the rollout
+  # temperature, and two shuffled mini-batches (rows gathered across the devices) per call.
+  step = grpo.make_grpo_step(config, opt, sched, **KW, group_size=G, temperature=0.7, num_mini_batches=2,
+                             state_shardings=state_sh, mesh=mesh)
+  rollout = {k: v for k, v in batch.items() if k != "advantages"}
+  state, metrics = step(state, rollout)
+  state, metrics = step(state, rollout)   # later updates: Adam moments and the moved bias in play
   return loss, g, state, metrics
 
 

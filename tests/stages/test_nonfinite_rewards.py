@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from configs import tiny_r1_zero
-from r1 import grpo
 from r1.rewards import registry
-from r1.stages import pipeline, grpo as grpo_stage
+from r1.stages import common, pipeline, grpo as grpo_stage
 
 # Rows of every batch where `broken_reward` returns NaN and inf.
 NAN_ROW, INF_ROW = 1, 6
@@ -75,16 +74,18 @@ def test_nonfinite_rewards_train_and_skipped_updates_stop_the_run(broken_reward_
   config = grpo_config(total_steps=5)
   config.rewards = dict(config.rewards, broken=1.0)
   config.grpo.max_skipped_updates = 2
-  # From step 2 on the advantages are NaN (as a diverged policy's loss would be): the train step
-  # skips every update, so the policy never moves again.
-  advantages, calls = grpo.group_advantages, []
+  # From step 2 on the update's batch carries NaN rewards, so NaN advantages (as a diverged
+  # policy's loss would be): the train step skips every update, so the policy never moves again.
+  place_batch, calls = common.place_batch, []
 
-  def nan_after_first_step(*args, **kwargs):
-    calls.append(1)
-    out = advantages(*args, **kwargs)
-    return out if len(calls) == 1 else out * np.nan
+  def nan_after_first_step(batch, mesh):
+    if "rewards" in batch:   # the update's batch (the reference's layout has none)
+      calls.append(1)
+      if len(calls) > 1:
+        batch = dict(batch, rewards=batch["rewards"] * np.nan)
+    return place_batch(batch, mesh)
 
-  monkeypatch.setattr(grpo, "group_advantages", nan_after_first_step)
+  monkeypatch.setattr(common, "place_batch", nan_after_first_step)
   with pytest.raises(RuntimeError, match=r"GRPO step 3: the update was skipped for 2 steps in a row .* the policy "
                                          r"has not changed since step 1; stopping \(grpo.max_skipped_updates=2\)"):
     grpo_stage.run(config, str(tmp_path))
