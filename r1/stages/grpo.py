@@ -3,14 +3,14 @@ and metrics.
 
 The loop (`run`) is a short list of periodic actions over functions that return records:
 `rollout` (generate, decode and score one batch of prompts: a round), `update` (the rounds of a
-step, their group advantages and the fused update: the new state and the step's metrics),
+step, their rewards and the fused update: the new state and the step's metrics),
 `periodic_eval`, `log_step` and `checkpoint`. They read the stage's fixed parts from a `Stage`
 built once by `build`; the train state is passed to them and returned, never held.
 
 Per step: draw B prompts; the sampler generates G completions each with the current params (the
 train state's own buffers, no host copy); completions are decoded and scored by the configured
-rewards; `grpo.group_advantages` normalises within each group; `grpo.make_grpo_step` runs
-the paper's mu updates. A run killed at any point (SIGTERM included) resumes from its last
+rewards; `grpo.make_grpo_step` normalises them within each group (`grpo.group_advantages`) and
+makes the rollout's mu x M updates in one jitted program, at the rollout temperature. A run killed at any point (SIGTERM included) resumes from its last
 checkpoint with the same next batch and the same sampling seeds.
 
 Preemption (SIGTERM sets the checkpointer's stop flag): the flag is checked after each rollout
@@ -31,8 +31,8 @@ Multi-host (every process runs this loop): each process reads its own rows of th
 batch (common.data_shard), the sampler runs on the global batch, and each process decodes and
 scores the completions on its own devices, which are those of its own prompts: a prompt's G
 samples are rows b * G .. b * G + G - 1, so splitting [B * G] rows over the devices as the [B]
-prompts were split keeps each group on the process that read its prompt. Group advantages are
-then computed where the rewards are, with no exchange of rewards or texts; only the step's
+prompts were split keeps each group on the devices that scored it. Group advantages are then
+computed inside the step where the rewards are, with no exchange of rewards or texts; only the step's
 metrics gather every process's per-row rewards and lengths (a few numbers per row). Files are
 written by process 0; checkpoints are multi-host orbax.
 """
