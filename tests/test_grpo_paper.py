@@ -19,6 +19,7 @@ from r1 import grpo
 from r1 import optim
 from r1 import train_state
 from r1.model import Transformer, get_model_config, init_variables
+from tests import test_train_step as train_step_test
 
 CONFIG = get_model_config("tiny_v3", num_hidden_layers=2)
 B, T, G = 8, 12, 4
@@ -26,18 +27,11 @@ LR = 0.5
 
 
 def make_batch(seed=0):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(1, CONFIG.vocab_size, (B, T)).astype(np.int32)
-  prompt = rng.integers(2, 5, B)          # left-padded prompts of different lengths
-  pad = 5 - prompt
-  seg = (np.arange(T)[None] >= pad[:, None]).astype(np.int32)
-  tokens = tokens * seg
-  positions = np.maximum(np.arange(T)[None] - pad[:, None], 0).astype(np.int32)
-  end = T - rng.integers(0, 3, B)         # completions end early in some rows
-  seg = seg * (np.arange(T)[None] < end[:, None])
-  mask = ((np.arange(T)[None] >= 4) & (np.arange(T)[None] < end[:, None] - 1)).astype(np.float32)
-  rewards = np.asarray([1, 0, 0, 1, 1, 0, 1, 1], np.float32)   # two groups of G = 4
-  return {"tokens": tokens, "positions": positions, "segment_ids": seg, "completion_mask": mask, "rewards": rewards}
+  """test_train_step's layout (left-padded prompts, completions ending early) as numpy, with
+  per-sample rewards in two groups of G = 4 instead of advantages."""
+  batch = {k: np.asarray(v) for k, v in train_step_test.make_batch(seed, B, T).items() if k != "advantages"}
+  batch["rewards"] = np.asarray([1, 0, 0, 1, 1, 0, 1, 1], np.float32)
+  return batch
 
 
 @jax.jit
