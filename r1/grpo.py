@@ -79,12 +79,13 @@ def loss_weights(mask: Array, loss_agg: str, max_completion_length: int | None =
 
 
 def grpo_token_terms(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, clip_eps=0.2,
-                     clip_eps_high=None, kl_coef=0.04) -> dict[str, Array]:
+                     clip_eps_high=None, kl_coef=0.04, policy_weight=None) -> dict[str, Array]:
   """Per-token GRPO terms, all f32[B, T] (masked positions hold finite junk; weight them by mask).
 
-  Returns policy (-clipped surrogate), kl (k3), loss (= policy + kl_coef * kl), ratio, and the
-  TRL clip indicators clip_low (ratio < 1 - eps and A < 0), clip_high (ratio > 1 + eps_high and
-  A > 0): the tokens whose gradient the clip zeroes.
+  Returns policy (-clipped surrogate, times policy_weight f32[B, T] when given: a constant
+  per-token weight such as truncated importance sampling's), kl (k3), loss (= policy + kl_coef *
+  kl), ratio, and the TRL clip indicators clip_low (ratio < 1 - eps and A < 0), clip_high
+  (ratio > 1 + eps_high and A > 0): the tokens whose gradient the clip zeroes.
   """
   mask = jnp.asarray(mask).astype(bool)
   eps_high = clip_eps if clip_eps_high is None else clip_eps_high
@@ -95,7 +96,7 @@ def grpo_token_terms(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, 
   # R1 eq. 1: min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A); DAPO's clip-higher if asymmetric.
   surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + eps_high) * adv)
   terms = {
-      "policy": -surrogate,
+      "policy": -surrogate if policy_weight is None else -surrogate * policy_weight,
       "ratio": ratio,
       "clip_low": ((ratio < 1.0 - clip_eps) & (adv < 0)).astype(jnp.float32),
       "clip_high": ((ratio > 1.0 + eps_high) & (adv > 0)).astype(jnp.float32),
@@ -237,23 +238,20 @@ def make_grpo_grad_fn(config: ModelConfig, *, clip_eps=0.2, clip_eps_high=None, 
                                         temperature=temperature)
     old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(lp)
     mask = mb["completion_mask"]
-    terms = grpo_token_terms(lp, old, mb.get("ref_logprobs"), mb["advantages"], mask,
-                             clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=kl_coef)
-    extra = {}
+    m = jnp.asarray(mask, jnp.float32)
+    weight = None
     if tis_cap:
       # Truncated importance sampling (verl, after train/inference mismatch was shown to destabilise
       # RL): the rollout came from the sampler's pi, not from pi_old, so the policy term is
       # reweighted by min(pi_old / pi_sampler, cap), a constant per token.
-      on = jnp.asarray(mask) > 0
-      log_w = jnp.where(on, old - mb["sampler_logprobs"], 0.0)
+      log_w = jnp.where(m > 0, old - mb["sampler_logprobs"], 0.0)
       weight = jax.lax.stop_gradient(jnp.minimum(jnp.exp(jnp.minimum(log_w, _MAX_LOG_RATIO)), tis_cap))
-      terms["policy"] = terms["policy"] * weight
-      terms["loss"] = terms["policy"] + kl_coef * terms["kl"]
-      m = jnp.asarray(mask, jnp.float32)
-      extra = {"tis_weight": jnp.sum(m * weight), "tis_truncated": jnp.sum(m * (weight >= tis_cap))}
+    terms = grpo_token_terms(lp, old, mb.get("ref_logprobs"), mb["advantages"], mask, clip_eps=clip_eps,
+                             clip_eps_high=clip_eps_high, kl_coef=kl_coef, policy_weight=weight)
     loss, sums = weighted_sums(terms, mask, mb["weights"], kl_coef)
-    sums["entropy"] = jnp.sum(jnp.asarray(mask, jnp.float32) * ent)
-    sums.update(extra)
+    sums["entropy"] = jnp.sum(m * ent)
+    if tis_cap:
+      sums.update({"tis_weight": jnp.sum(m * weight), "tis_truncated": jnp.sum(m * (weight >= tis_cap))})
     return loss, (sums, jax.lax.stop_gradient(lp), out.expert_load)
 
   def grad_fn(params, moe_bias, batch, ref_logprobs=None, old_logprobs=None):
@@ -310,8 +308,7 @@ def make_reference_logprobs_fn(config: ModelConfig, *, temperature: float = 1.0,
   asynchronous), and the result goes into the step as batch["ref_logprobs"].
   """
   def fn(ref_params, moe_bias, batch):
-    fields = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
-    return reference_logprobs(config, ref_params, moe_bias, fields, temperature=temperature,
+    return reference_logprobs(config, ref_params, moe_bias, batch, temperature=temperature,
                               num_micro_batches=num_micro_batches, logits_chunk_size=logits_chunk_size)
 
   return train_state.jit_in_mesh(fn, mesh)
@@ -338,11 +335,10 @@ def mismatch_metrics(sampler_logprobs: Array, train_logprobs: Array, mask: Array
   mismatch/kl: KL(pi_sampler || pi_train), the k3 estimate over the sampled tokens (>= 0).
   """
   m = jnp.asarray(mask, jnp.float32)
-  on = m > 0
-  diff = jnp.where(on, train_logprobs - sampler_logprobs, 0.0)
+  diff = jnp.where(m > 0, train_logprobs - sampler_logprobs, 0.0)
   n = jnp.maximum(m.sum(), 1.0)
   return {"mismatch/abs_mean": jnp.sum(m * jnp.abs(diff)) / n,
-          "mismatch/abs_max": jnp.max(jnp.where(on, jnp.abs(diff), 0.0)),
+          "mismatch/abs_max": jnp.max(jnp.abs(diff)),   # diff is 0 off the mask
           "mismatch/kl": jnp.sum(m * k3_kl(diff)) / n}
 
 
@@ -385,8 +381,8 @@ def make_grpo_step(config: ModelConfig, optimizer, schedule, *, clip_eps: float 
     old_logprobs: optional f32[B, T], pi_old given rather than computed.
     ref_logprobs: optional f32[B, T]; else computed from state.ref_params when kl_coef != 0, routed
       with state.ref_moe_bias (the balancing bias the reference was copied with: pi_ref stays fixed
-      between refreshes while the policy's bias moves), in num_micro_batches x num_mini_batches pieces (make_reference_logprobs_fn with that split
-      computes the same bits ahead of the step).
+      between refreshes while the policy's bias moves), in num_micro_batches x num_mini_batches
+      pieces (make_reference_logprobs_fn with that split computes the same bits ahead of the step).
 
   Args:
     temperature: the rollouts' sampling temperature; every logprob (policy, pi_old, reference,

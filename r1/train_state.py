@@ -7,8 +7,8 @@
 
 An update accumulates gradients over micro-batches with `lax.scan` (`accumulate_gradients`), clips
 by global norm, applies AdamW, moves the aux-loss-free balancing bias by the forward's expert load,
-refreshes the reference (parameters and balancing bias) every `ref_update_every` updates, and is skipped whole (counted) if the
-loss or a gradient is not finite (`apply_update`). Before it is traced, an unsharded update that
+refreshes the reference (parameters and balancing bias) every `ref_update_every` updates, and
+is skipped whole (counted) if the loss or a gradient is not finite (`apply_update`). Before it is traced, an unsharded update that
 one device cannot hold is refused with the split that fits (`refuse_update_that_cannot_fit`).
 """
 
@@ -55,9 +55,11 @@ def init_train_state(variables: dict, optimizer, *, with_reference: bool = True)
   """
   params = variables["params"]
   moe_bias = variables.get("moe_bias", {})
-  copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree) if with_reference else None  # pylint: disable=unnecessary-lambda-assignment
+  ref_params = ref_moe_bias = None
+  if with_reference:
+    ref_params, ref_moe_bias = jax.tree.map(lambda x: x.copy(), (params, moe_bias))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, moe_bias=moe_bias,
-                    opt_state=jax.jit(optimizer.init)(params), ref_params=copy(params), ref_moe_bias=copy(moe_bias),
+                    opt_state=jax.jit(optimizer.init)(params), ref_params=ref_params, ref_moe_bias=ref_moe_bias,
                     skipped_steps=jnp.zeros((), jnp.int32))
 
 
@@ -161,9 +163,9 @@ def apply_update(state: TrainState, loss, grads, expert_load, *, config, optimiz
     # rounded the copy a few ulps away from the policy.
     refresh = finite & (step % ref_update_every == 0)
     params = jax.lax.optimization_barrier(new.params)
-    take = lambda new_tree, ref_tree: jax.tree.map(lambda p, r: jnp.where(refresh, p, r), new_tree, ref_tree)  # pylint: disable=unnecessary-lambda-assignment
-    new = new.replace(params=params, ref_params=take(params, state.ref_params),
-                      ref_moe_bias=take(new.moe_bias, state.ref_moe_bias))
+    ref_params, ref_moe_bias = jax.tree.map(lambda p, r: jnp.where(refresh, p, r), (params, new.moe_bias),
+                                            (state.ref_params, state.ref_moe_bias))
+    new = new.replace(params=params, ref_params=ref_params, ref_moe_bias=ref_moe_bias)
   metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
              "skipped": (~finite).astype(jnp.float32)}
   metrics.update(optim.expert_load_metrics(expert_load, config, with_mtp))

@@ -143,8 +143,9 @@ def test_temperature_loss_and_gradient_equal_float64_reference(variables):
   # The same step at T = 1 is measurably different: the temperature is not a no-op here.
   at_one, _ = reference_updates(variables["params"], ref_params, variables["moe_bias"], batch, temperature=1.0,
                                 num_iterations=1, num_mini_batches=1, clip_eps=0.2, kl_coef=0.04)
-  leaf = lambda p: np.asarray(p["embed_tokens"], np.float64) - np.asarray(variables["params"]["embed_tokens"])  # pylint: disable=unnecessary-lambda-assignment
-  assert np.abs(leaf(at_one) - leaf(want)).max() > 10 * np.abs(leaf(state.params) - leaf(want)).max()
+  def moved(p):
+    return np.asarray(p["embed_tokens"], np.float64) - np.asarray(variables["params"]["embed_tokens"])
+  assert np.abs(moved(at_one) - moved(want)).max() > 10 * np.abs(moved(state.params) - moved(want)).max()
 
 
 def test_mini_batches_are_sequential_updates_equal_to_float64_reference(variables):
@@ -241,12 +242,14 @@ def test_dr_grpo_normaliser_is_the_generation_budget_not_the_padded_length():
   mask[1, 4:] = 0
 
   def loss_with_prompt(p):
-    pad = lambda x: jnp.asarray(np.pad(x, ((0, 0), (p, 0))), jnp.float32)  # pylint: disable=unnecessary-lambda-assignment
+    def pad(x):
+      return jnp.asarray(np.pad(x, ((0, 0), (p, 0))), jnp.float32)
     return float(grpo.grpo_loss(pad(lp), pad(old), pad(ref), jnp.asarray(adv, jnp.float32), pad(mask), kl_coef=0.04,
                                 loss_agg="seq-mean-token-sum-norm", max_completion_length=n)[0])
 
   assert loss_with_prompt(4) == pytest.approx(loss_with_prompt(12), rel=1e-6)
-  w = grpo.loss_weights(jnp.asarray(np.pad(mask, ((0, 0), (12, 0)))), "seq-mean-token-sum-norm", max_completion_length=n)
+  w = grpo.loss_weights(jnp.asarray(np.pad(mask, ((0, 0), (12, 0)))), "seq-mean-token-sum-norm",
+                        max_completion_length=n)
   np.testing.assert_allclose(np.asarray(w), 1 / (4 * n), rtol=1e-6)
 
 
@@ -274,14 +277,16 @@ def test_reference_keeps_the_balancing_bias_it_was_copied_with(variables):
   opt, sched = optim.make_optimizer(1e-3, decay_steps=None)
   step = grpo.make_grpo_step(CONFIG, opt, sched, group_size=G, kl_coef=0.04, ref_update_every=2, bias_update_rate=0.05)
   state = train_state.init_train_state(jax.tree.map(jnp.copy, variables), opt, with_reference=True)
-  bias = lambda tree: np.asarray(tree["layers_1"]["mlp"]["e_score_correction_bias"])  # pylint: disable=unnecessary-lambda-assignment
+  def bias(tree):
+    return np.asarray(tree["layers_1"]["mlp"]["e_score_correction_bias"])
   batch = {k: jnp.asarray(v) for k, v in make_batch(seed=7).items()}
   state, _ = step(state, batch)
   assert np.abs(bias(state.moe_bias)).max() > 0                       # the policy's bias moved
   np.testing.assert_array_equal(bias(state.ref_moe_bias), bias(variables["moe_bias"]))   # the reference's did not
   # The KL term is computed with the reference's bias: with the policy's own parameters as the
   # reference, a reference bias that routes differently gives a KL, the policy's bias none.
-  same = state.replace(ref_params=jax.tree.map(jnp.copy, state.params), ref_moe_bias=jax.tree.map(jnp.copy, state.moe_bias))
+  same = state.replace(ref_params=jax.tree.map(jnp.copy, state.params),
+                       ref_moe_bias=jax.tree.map(jnp.copy, state.moe_bias))
   _, m_same = step(jax.tree.map(jnp.copy, same), batch)
   skewed = jax.tree.map(lambda b: b.at[0].set(100.0), state.moe_bias)   # every token to expert 0
   _, m_skewed = step(jax.tree.map(jnp.copy, same.replace(ref_moe_bias=skewed)), batch)

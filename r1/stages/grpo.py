@@ -10,8 +10,9 @@ built once by `build`; the train state is passed to them and returned, never hel
 Per step: draw B prompts; the sampler generates G completions each with the current params (the
 train state's own buffers, no host copy); completions are decoded and scored by the configured
 rewards; `grpo.make_grpo_step` normalises them within each group (`grpo.group_advantages`) and
-makes the rollout's mu x M updates in one jitted program, at the rollout temperature. A run killed at any point (SIGTERM included) resumes from its last
-checkpoint with the same next batch and the same sampling seeds.
+makes the rollout's mu x M updates in one jitted program, at the rollout temperature. A run killed
+at any point (SIGTERM included) resumes from its last checkpoint with the same next batch and the
+same sampling seeds.
 
 Preemption (SIGTERM sets the checkpointer's stop flag): the flag is checked after each rollout
 round's generation and scoring, before each batch of an evaluation, and at the end of the step, so

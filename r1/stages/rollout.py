@@ -130,7 +130,11 @@ def take_groups(rounds: list[dict], num_groups: int, num_samples: int, dynamic: 
   """
   if not dynamic:
     return rounds[0]
-  chosen = chosen_groups(rounds, num_groups, num_samples)
+  return _assemble(rounds, chosen_groups(rounds, num_groups, num_samples), num_samples)
+
+
+def _assemble(rounds: list[dict], chosen: list[tuple[int, int]], num_samples: int) -> dict:
+  """The rounds' (round, group) pairs `chosen`, in that order, as one round."""
   out = {}
   for key in rounds[0]:
     if key in ("prompts", "examples"):
@@ -156,11 +160,11 @@ def take_groups_and_reference(rounds: list[dict], num_groups: int, num_samples: 
   ref = rounds[0].pop("ref_logprobs", None)
   for r in rounds[1:]:
     r.pop("ref_logprobs", None)
-  rnd = take_groups(rounds, num_groups, num_samples, dynamic)
-  if ref is None or not dynamic:
-    return rnd, ref
+  if not dynamic:
+    return rounds[0], ref
   chosen = chosen_groups(rounds, num_groups, num_samples)
-  if any(r for r, _ in chosen) or jax.process_count() > 1:
+  rnd = _assemble(rounds, chosen, num_samples)
+  if ref is None or any(r for r, _ in chosen) or jax.process_count() > 1:
     return rnd, None
   rows = np.concatenate([np.arange(b * num_samples, (b + 1) * num_samples) for _, b in chosen]).astype(np.int32)
   return rnd, jnp.take(ref, jnp.asarray(rows), axis=0)
